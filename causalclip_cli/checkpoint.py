@@ -1,0 +1,238 @@
+"""Checkpoints: safetensors tensors plus one JSON metadata document; never pickle.
+
+A checkpoint describes itself: head kind and hyper-parameters, the backbone and the exact weights its
+head was trained on, preprocessing, decision thresholds, label convention, training summary. One
+loader, `load_detector`, rebuilds backbone + head + preprocessing from it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from causalclip_cli import __version__
+from causalclip_cli.errors import CheckpointError
+from causalclip_cli.settings import weights_dir
+
+if TYPE_CHECKING:
+    import torch
+
+    from causalclip_cli.backbones import Backbone
+    from causalclip_cli.heads import Head
+    from causalclip_cli.preprocess import Preprocess
+
+FORMAT_VERSION = 1
+METADATA_KEY = "causalclip"
+DEFAULT_CHECKPOINT = "causalclip-vitb16"
+LABELS = {"0": "real", "1": "fake", "output": "probability that the image is generated (fake)"}
+
+
+@dataclass
+class Decision:
+    """How probabilities become labels."""
+
+    threshold: float = 0.5
+    uncertain: tuple[float, float] | None = None  # abstain band [low, high)
+    calibration: dict = field(default_factory=dict)  # how the threshold was chosen
+
+    def label(self, prob: float, threshold: float | None = None,
+              uncertain: tuple[float, float] | None = None) -> str:
+        t = self.threshold if threshold is None else threshold
+        band = self.uncertain if uncertain is None else uncertain
+        if band is not None and band[0] <= prob < band[1]:
+            return "uncertain"
+        return "fake" if prob >= t else "real"
+
+    def to_dict(self) -> dict:
+        return {"threshold": self.threshold, "uncertain": list(self.uncertain) if self.uncertain else None,
+                "calibration": self.calibration}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Decision:
+        band = d.get("uncertain")
+        return cls(float(d.get("threshold", 0.5)), tuple(band) if band else None, d.get("calibration", {}))
+
+
+def build_metadata(head: Head, backbone_info: dict, decision: Decision | None = None,
+                   training: dict | None = None) -> dict:
+    from causalclip_cli.heads import head_config_dict
+
+    return {
+        "format_version": FORMAT_VERSION,
+        "head": {"kind": head.kind, "embed_dim": head.embed_dim, "config": head_config_dict(head)},
+        "backbone": backbone_info,
+        "preprocess": backbone_info.get("preprocess", {}),
+        "decision": (decision or Decision()).to_dict(),
+        "labels": LABELS,
+        "training": training or {},
+        "tool": {"name": "causalclip", "version": __version__},
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _atomic_target(path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    os.close(fd)
+    return tmp
+
+
+def save_checkpoint(path: str | os.PathLike, head: Head, metadata: dict) -> Path:
+    """Write tensors + metadata to a temp file, fsync, then rename: a killed run leaves no half file."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    tmp = _atomic_target(path)
+    try:
+        save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True)})
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get(METADATA_KEY)
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"checkpoint not found: {path}") from exc
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for bad headers
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({exc})") from exc
+    if raw is None:
+        raise CheckpointError(f"{path}: safetensors file without causalclip metadata",
+                              hint="checkpoints are written by `causalclip train`")
+    meta = json.loads(raw)
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {version}, this tool reads {FORMAT_VERSION}")
+    return meta
+
+
+def load_head(path: str | os.PathLike, device: str = "cpu") -> tuple[Head, dict]:
+    """Rebuild the head exactly from a checkpoint; returns (head in eval mode, metadata)."""
+    from safetensors.torch import load_file
+
+    from causalclip_cli.heads import make_head
+
+    meta = read_metadata(path)
+    h = meta["head"]
+    try:
+        head = make_head(h["kind"], int(h["embed_dim"]), h.get("config", {}))
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    state = load_file(str(path))
+    try:
+        head.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: tensors do not match the recorded head ({exc})") from exc
+    return head.eval().to(device), meta
+
+
+def available_checkpoints() -> list[str]:
+    d = weights_dir()
+    return sorted(p.stem for p in d.glob("*.safetensors")) if d.is_dir() else []
+
+
+def resolve_checkpoint(name_or_path: str | None) -> Path:
+    """A path, or the name of a released checkpoint in weights/; the error lists the choices."""
+    target = name_or_path or DEFAULT_CHECKPOINT
+    p = Path(target).expanduser()
+    if p.is_file():
+        return p
+    for cand in (weights_dir() / target, weights_dir() / f"{target}.safetensors"):
+        if cand.is_file():
+            return cand
+    choices = ", ".join(available_checkpoints()) or "none installed"
+    raise CheckpointError(f"checkpoint {target!r} not found (released checkpoints: {choices})",
+                          hint="pass --checkpoint PATH to a file written by `causalclip train`")
+
+
+@dataclass
+class Detector:
+    """A whole classifier: frozen backbone + head + the preprocessing both were trained with."""
+
+    backbone: Backbone
+    head: Head
+    metadata: dict
+    path: Path
+    device: str
+
+    @property
+    def preprocess(self) -> Preprocess:
+        from causalclip_cli.preprocess import Preprocess
+
+        recorded = self.metadata.get("preprocess")
+        return Preprocess.from_dict(recorded) if recorded else self.backbone.preprocess
+
+    @property
+    def decision(self) -> Decision:
+        return Decision.from_dict(self.metadata.get("decision", {}))
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.path.stem}:{self.head.kind}:{self.backbone.info.config}"
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        use_amp = self.device.startswith("cuda")
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+            return self.backbone.tower(pixels.to(self.device, non_blocking=True)).float()
+
+    def probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        feats = self.embed(pixels)
+        with torch.inference_mode():
+            return torch.sigmoid(self.head(feats)).cpu()
+
+
+def check_compatible(meta: dict, info: dict, source: str) -> None:
+    """Errors when the head cannot run on this backbone; a warning when only the weights differ."""
+    want = meta["backbone"]
+    head_dim = int(meta["head"]["embed_dim"])
+    if int(info["embed_dim"]) != head_dim:
+        raise CheckpointError(
+            f"{source}: head expects {head_dim}-dim features from {want.get('config')}, "
+            f"but backbone {info['config']} gives {info['embed_dim']}",
+            hint=f"use --backbone {want.get('name')} --pretrained {want.get('pretrained')}",
+        )
+    if info["config"] != want.get("config"):
+        raise CheckpointError(
+            f"{source}: head was trained on backbone {want.get('config')} but {info['config']} was resolved",
+            hint=f"use --backbone {want.get('name')} --pretrained {want.get('pretrained')}",
+        )
+    if want.get("sha256") and info.get("sha256") and want["sha256"] != info["sha256"]:
+        warnings.warn(
+            f"{source}: head was trained on backbone weights {want['sha256'][:12]} ({want.get('source')}), "
+            f"now using {info['sha256'][:12]} ({info['source']}); verdicts may shift",
+            stacklevel=2,
+        )
+
+
+def load_detector(checkpoint: str | None = None, *, device: str = "cpu", backbone_weights: str | None = None,
+                  allow_download: bool = True, cache_dir: Path | None = None) -> Detector:
+    """Checkpoint name or path → ready-to-run Detector on `device`."""
+    from causalclip_cli.backbones import BackboneSpec, load_backbone, locate
+
+    path = resolve_checkpoint(checkpoint)
+    head, meta = load_head(path, device=device)
+    b = meta["backbone"]
+    spec = BackboneSpec(name=b["name"], pretrained=b["pretrained"], weights=backbone_weights)
+    info = locate(spec, allow_download=allow_download, cache_dir=cache_dir)
+    check_compatible(meta, info.to_dict(), str(path))
+    backbone = load_backbone(spec, allow_download=allow_download, cache_dir=cache_dir, device=device, info=info)
+    return Detector(backbone=backbone, head=head, metadata=meta, path=path, device=device)

@@ -1,0 +1,347 @@
+"""Train, evaluate and calibrate: datasets → cached features → heads → metrics and checkpoints."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from causalclip_cli.errors import DataError, UsageError
+
+
+def _console():  # noqa: ANN202
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+@dataclass
+class FeatureSet:
+    x: np.ndarray
+    y: np.ndarray
+    groups: list[str]
+    paths: list[str]
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def dataset_features(samples: list, embed, preprocess, backbone_id: str, *, cache_dir: Path | None,  # noqa: ANN001
+                     transform=None, use_cache: bool = True, batch_size: int = 32,  # noqa: ANN001
+                     workers: int = 2, label: str = "features") -> FeatureSet:
+    """Embeddings (through the cache) for labelled samples, with a progress bar on stderr."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from causalclip_cli.features import FeatureCache, extract_features
+    from causalclip_cli.settings import cache_dir as default_cache
+
+    variant = preprocess.key() + (f"-{transform.name}" if transform is not None else "")
+    cache = FeatureCache(default_cache(cache_dir), backbone_id, variant) if use_cache else None
+    paths = [s.path for s in samples]
+    con = _console()
+    with Progress(label, BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=con,
+                  disable=not sys.stderr.isatty(), transient=True) as bar:
+        task = bar.add_task(label, total=len(paths))
+        ext = extract_features(paths, embed, preprocess, cache, batch_size=batch_size, workers=workers,
+                               pixel_transform=transform,
+                               progress=lambda done, total: bar.update(task, completed=done))
+    if ext.computed:
+        con.print(f"{label}: {ext.computed} embedded, {ext.cached} from cache")
+    for path, reason in ext.failed[:5]:
+        con.print(f"warning: skipped {path}: {reason}")
+    if len(ext.failed) > 5:
+        con.print(f"warning: {len(ext.failed) - 5} more unreadable files skipped")
+    kept = [samples[i] for i in ext.ok]
+    return FeatureSet(ext.features, np.array([s.label for s in kept], dtype=np.int64),
+                      [s.generator for s in kept], [s.path for s in kept], ext.failed)
+
+
+def _discover(data: Path, layout: str, subsets: list[str] | None):  # noqa: ANN202
+    from causalclip_cli.datasets import discover_dataset
+
+    manifest = data if data.suffix.lower() == ".csv" else None
+    ds = discover_dataset(data, layout=layout, subsets=subsets, manifest=manifest)
+    con = _console()
+    con.print(f"dataset: {data} (layout: {ds.layout}, {len(ds.samples)} images, "
+              f"generators: {', '.join(ds.generators())})")
+    for w in ds.warnings:
+        con.print(f"warning: {w}")
+    return ds
+
+
+# --------------------------------------------------------------------------- train
+
+
+@dataclass
+class TrainRequest:
+    data: Path
+    output: Path
+    head: str = "causalclip"
+    backbone: str = "ViT-B-16"
+    pretrained: str = "openai"
+    backbone_weights: str | None = None
+    subsets: list[str] | None = None
+    layout: str = "auto"
+    epochs: int = 50
+    batch_size: int = 256
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    patience: int = 10
+    seed: int = 0
+    val_fraction: float = 0.1
+    head_config: dict = field(default_factory=dict)
+    jpeg_align: int | None = None
+    augment: str | None = None
+    device: str = "auto"
+    workers: int = 2
+    extract_batch_size: int = 32
+    cache_dir: Path | None = None
+    resume: bool = False
+
+
+def _splits(ds, val_fraction: float, seed: int) -> tuple[list, list]:  # noqa: ANN001
+    from causalclip_cli.datasets import make_splits
+
+    ds = make_splits(ds, val_fraction=val_fraction, seed=seed)
+    train, val = ds.split("train"), ds.split("val")
+    if not train:
+        raise DataError(f"{ds.root}: no training images found (splits: {sorted({s.split for s in ds.samples})})")
+    if not val:
+        raise DataError(f"{ds.root}: could not form a validation split")
+    return train, val
+
+
+def run_train(req: TrainRequest) -> dict:
+    from causalclip_cli.backbones import BackboneSpec, load_backbone
+    from causalclip_cli.checkpoint import Decision, build_metadata, save_checkpoint
+    from causalclip_cli.metrics import per_group_metrics
+    from causalclip_cli.settings import resolve_device
+    from causalclip_cli.training import TrainConfig, clear_resume, train_head
+    from causalclip_cli.transforms import jpeg, random_augment
+
+    if req.output.suffix != ".safetensors":
+        raise UsageError(f"--output {req.output}: checkpoints are .safetensors files")
+    device = resolve_device(req.device)
+    ds = _discover(req.data, req.layout, req.subsets)
+    train_s, val_s = _splits(ds, req.val_fraction, req.seed)
+    bb = load_backbone(BackboneSpec(req.backbone, req.pretrained, req.backbone_weights), device=device)
+
+    def embed(px):  # noqa: ANN001, ANN202
+        import torch
+
+        with torch.inference_mode():
+            return bb.tower(px.to(device)).float()
+
+    align = jpeg(req.jpeg_align) if req.jpeg_align else None
+    common = dict(embed=embed, preprocess=bb.preprocess, backbone_id=bb.info.id, cache_dir=req.cache_dir,
+                  transform=align, batch_size=req.extract_batch_size, workers=req.workers)
+    tr = dataset_features(train_s, label="train features", **common)
+    va = dataset_features(val_s, label="val features", **common)
+    x_tr, y_tr = tr.x, tr.y
+    if req.augment:
+        from causalclip_cli.transforms import compose
+
+        aug = compose(align, random_augment(req.augment, req.seed))
+        common_aug = {**common, "transform": aug}
+        au = dataset_features(train_s, label="augmented copies", use_cache=False, **common_aug)
+        x_tr, y_tr = np.concatenate([x_tr, au.x]), np.concatenate([y_tr, au.y])
+    if len(set(y_tr.tolist())) < 2:
+        raise DataError("training data has only one class; need real and fake images")
+
+    con = _console()
+
+    def on_epoch(row: dict) -> None:
+        ap = row.get("val_ap")
+        con.print(f"epoch {row['epoch']:3d}  loss {row.get('loss_total', 0):.4f}  val acc "
+                  f"{row['val_acc']:.4f}  val AP {ap if ap is None else round(ap, 4)}")
+
+    cfg = TrainConfig(epochs=req.epochs, batch_size=req.batch_size, lr=req.lr, weight_decay=req.weight_decay,
+                      patience=req.patience, seed=req.seed, device=device)
+    hc = req.head_config if req.head == "causalclip" else {}
+    result = train_head(req.head, hc, x_tr, y_tr, va.x, va.y, cfg,
+                        resume_from=req.output if req.resume else None, on_epoch=on_epoch)
+    import torch
+
+    with torch.inference_mode():
+        probs = torch.sigmoid(result.head(torch.as_tensor(va.x))).numpy()
+    val_metrics = per_group_metrics(va.y, probs, va.groups, 0.5)
+    training = {
+        "summary": {"data": str(req.data), "layout": ds.layout, "generators": ds.generators(),
+                    "n_train": int(len(tr.y)), "n_val": int(len(va.y)),
+                    "n_train_fake": int(tr.y.sum()), "n_val_fake": int(va.y.sum()),
+                    "augmented_copies": int(len(y_tr) - len(tr.y)), "jpeg_align": req.jpeg_align,
+                    "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+                    "stopped_early": result.stopped_early, "seconds": round(result.seconds, 2)},
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in req.__dict__.items()},
+        "val_metrics": val_metrics,
+        "history": result.history,
+    }
+    meta = build_metadata(result.head, bb.info.to_dict(), Decision(0.5), training)
+    if req.jpeg_align:
+        meta["preprocess"] = {**meta["preprocess"], "jpeg_align": req.jpeg_align}
+    save_checkpoint(req.output, result.head, meta)
+    clear_resume(req.output)
+    con.print(f"wrote {req.output} (best epoch {result.best_epoch}, val AP "
+              f"{val_metrics['overall'].get('ap')}, val acc {val_metrics['overall'].get('accuracy')})")
+    return {"checkpoint": str(req.output), **training["summary"], "val": val_metrics["overall"]}
+
+
+# --------------------------------------------------------------------------- eval
+
+
+@dataclass
+class EvalRequest:
+    data: Path
+    checkpoint: str | None = None
+    split: str | None = None
+    subsets: list[str] | None = None
+    layout: str = "auto"
+    threshold: float | None = None
+    perturb: str | None = None
+    plot: Path | None = None
+    device: str = "auto"
+    workers: int = 2
+    batch_size: int = 32
+    cache_dir: Path | None = None
+    backbone_weights: str | None = None
+
+
+def _pick_split(ds, split: str | None) -> tuple[str, list]:  # noqa: ANN001
+    names = sorted({s.split for s in ds.samples})
+    if split:
+        chosen = ds.split(split)
+        if not chosen:
+            raise DataError(f"no images in split {split!r} (splits found: {', '.join(names)})")
+        return split, chosen
+    for name in ("test", "val"):
+        if ds.split(name):
+            return name, ds.split(name)
+    return "all", list(ds.samples)
+
+
+def _detector_features(det, samples, req, transform=None) -> FeatureSet:  # noqa: ANN001
+    return dataset_features(samples, det.embed, det.preprocess, det.backbone.info.id, cache_dir=req.cache_dir,
+                            transform=transform, batch_size=req.batch_size, workers=req.workers)
+
+
+def _probs(det, x: np.ndarray) -> np.ndarray:  # noqa: ANN001
+    import torch
+
+    with torch.inference_mode():
+        return torch.sigmoid(det.head(torch.as_tensor(x, device=det.device))).cpu().numpy()
+
+
+def run_eval(req: EvalRequest) -> dict:
+    from causalclip_cli.checkpoint import load_detector
+    from causalclip_cli.metrics import per_group_metrics
+    from causalclip_cli.settings import resolve_device
+    from causalclip_cli.transforms import jpeg, parse_perturbations
+
+    perturbations = parse_perturbations(req.perturb)
+    det = load_detector(req.checkpoint, device=resolve_device(req.device), backbone_weights=req.backbone_weights)
+    ds = _discover(req.data, req.layout, req.subsets)
+    split, samples = _pick_split(ds, req.split)
+    thr = det.decision.threshold if req.threshold is None else req.threshold
+    align_q = det.metadata.get("preprocess", {}).get("jpeg_align")
+    align = jpeg(int(align_q)) if align_q else None
+    from causalclip_cli.transforms import compose
+
+    report: dict = {"checkpoint": str(det.path), "model": det.model_id, "data": str(req.data),
+                    "layout": ds.layout, "split": split, "threshold": thr, "conditions": {}}
+    curves = {}
+    for t in [None, *perturbations]:
+        fs = _detector_features(det, samples, req, compose(align, t))
+        probs = _probs(det, fs.x)
+        name = "clean" if t is None else t.name
+        report["conditions"][name] = per_group_metrics(fs.y, probs, fs.groups, thr)
+        report["conditions"][name]["_unreadable"] = len(fs.failed)
+        curves[name] = (fs.y, probs)
+    if req.plot:
+        from causalclip_cli.plots import write_curves
+
+        report["plots"] = write_curves(curves, req.plot)
+    return report
+
+
+def render_eval(report: dict, fmt: str, stream: TextIO) -> None:
+    cols = ["n", "n_real", "n_fake", "accuracy", "real_accuracy", "fake_accuracy", "ap", "auc",
+            "tpr_at_fpr_1", "tpr_at_fpr_5"]
+    if fmt == "json":
+        stream.write(json.dumps(report, indent=2) + "\n")
+        return
+    rows = []
+    for cond, groups in report["conditions"].items():
+        for g, m in groups.items():
+            if g.startswith("_"):
+                continue
+            rows.append([cond, g] + [m.get(c) for c in cols])
+    if fmt == "csv":
+        import csv
+
+        w = csv.writer(stream)
+        w.writerow(["condition", "generator", *cols])
+        w.writerows(rows)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{report['model']} on {report['data']} [{report['split']}] @ threshold "
+              f"{report['threshold']:.3f}")
+    for c in ["condition", "generator", "n", "real", "fake", "acc", "real acc", "fake acc", "AP", "AUC",
+              "TPR@1%", "TPR@5%"]:
+        t.add_column(c, justify="left" if c in ("condition", "generator") else "right")
+
+    def fmt_v(v: object) -> str:
+        if v is None:
+            return "–"
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    for r in rows:
+        t.add_row(*[fmt_v(v) for v in r], end_section=r[1] == "mean")
+    Console(file=stream, highlight=False, width=max(120, Console(file=stream).width)).print(t)
+
+
+# --------------------------------------------------------------------------- calibrate
+
+
+@dataclass
+class CalibrateRequest:
+    data: Path
+    output: Path
+    checkpoint: str | None = None
+    target_fpr: float = 0.01
+    split: str | None = None
+    layout: str = "auto"
+    device: str = "auto"
+    workers: int = 2
+    batch_size: int = 32
+    cache_dir: Path | None = None
+
+
+def run_calibrate(req: CalibrateRequest) -> dict:
+    from causalclip_cli.checkpoint import Decision, load_detector, load_head, save_checkpoint
+    from causalclip_cli.metrics import threshold_at_fpr
+    from causalclip_cli.settings import resolve_device
+
+    det = load_detector(req.checkpoint, device=resolve_device(req.device))
+    ds = _discover(req.data, req.layout, None)
+    split, samples = _pick_split(ds, req.split or ("val" if ds.split("val") else None))
+    reals = [s for s in samples if s.label == 0]
+    if len(reals) < 20:
+        raise DataError(f"only {len(reals)} real images in split {split!r}; calibration needs at least 20")
+    fs = _detector_features(det, reals, req)
+    probs = _probs(det, fs.x)
+    thr = float(threshold_at_fpr(probs, req.target_fpr))
+    achieved = float((probs >= thr).mean())
+    head, meta = load_head(det.path)
+    old = Decision.from_dict(meta.get("decision", {}))
+    calib = {"method": "quantile of held-out real images", "target_fpr": req.target_fpr,
+             "achieved_fpr": achieved, "n_real": int(len(probs)), "data": str(req.data), "split": split}
+    meta["decision"] = Decision(thr, old.uncertain, calib).to_dict()
+    if req.output.resolve() == det.path.resolve():
+        raise UsageError("--output must differ from the checkpoint (a calibrated copy is written)")
+    save_checkpoint(req.output, head, meta)
+    _console().print(f"wrote {req.output}: threshold {thr:.4f} (FPR {achieved:.4f} on {len(probs)} real images)")
+    return {"checkpoint": str(req.output), "threshold": thr, **calib}

@@ -1,0 +1,205 @@
+"""Detection heads over frozen CLIP embeddings: CausalCLIP and a linear probe, plus their losses.
+
+CausalCLIP (Liu, Qin, He, AAAI 2026): a Gumbel-sigmoid feature mask splits the embedding E into a
+causal part Zc = M ⊙ E and a non-causal part Znc = (1 − M) ⊙ E. A classifier reads Zc; an adversary
+tries to read the label from Znc through gradient reversal, so the mask learns to leave nothing useful
+there; HSIC keeps Zc and Znc independent; counterfactual drops of causal features must not change the
+classifier's answer (KL invariance).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+HEAD_KINDS = ("causalclip", "linear")
+
+
+@dataclass
+class CausalConfig:
+    """Hyper-parameters the paper leaves unpublished; every value is recorded in the checkpoint."""
+
+    mask_hidden: int = 256
+    cls_hidden: int = 256
+    adv_hidden: int = 256
+    tau: float = 0.5  # Gumbel-sigmoid temperature
+    alpha: float = 0.1  # weight of the adversary's loss reversed into the mask
+    beta: float = 1.0  # counterfactual invariance weight
+    lambda1: float = 0.01  # mask sparsity, mean |M|
+    lambda2: float = 1.0  # HSIC(Zc, Znc)
+    drop_p: float = 0.2  # Bernoulli rate of counterfactual drops
+    dropout: float = 0.1
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CausalConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class LinearConfig:
+    """The UniversalFakeDetect-style baseline: one linear layer on the normalised embedding."""
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LinearConfig:
+        return cls()
+
+
+def normalize_features(e: torch.Tensor) -> torch.Tensor:
+    # CLIP embedding norms vary with content; the direction carries the signal. Scaling by sqrt(d)
+    # keeps per-dimension values near unit size whatever the backbone's width.
+    return F.normalize(e.float(), dim=-1) * (e.shape[-1] ** 0.5)
+
+
+class _GradReverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:  # noqa: ANN001
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
+        return -ctx.scale * grad, None
+
+
+def grad_reverse(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Identity forward; multiplies the gradient by −scale on the way back."""
+    return _GradReverse.apply(x, scale)
+
+
+def gumbel_sigmoid(logits: torch.Tensor, tau: float, training: bool, generator: torch.Generator | None = None
+                   ) -> torch.Tensor:
+    """Binary-concrete relaxation: sigmoid((logits + g) / τ), g = Gumbel − Gumbel; no noise at inference."""
+    if not training:
+        return torch.sigmoid(logits / tau)
+    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+    eps = torch.finfo(logits.dtype).tiny
+    # The difference of two Gumbel(0,1) samples is Logistic(0,1): log u − log(1 − u).
+    g = torch.log(u.clamp_min(eps)) - torch.log1p(-u.clamp_max(1 - 1e-7))
+    return torch.sigmoid((logits + g) / tau)
+
+
+def _sq_dists(x: torch.Tensor) -> torch.Tensor:
+    sq = (x * x).sum(1, keepdim=True)
+    return (sq + sq.T - 2.0 * (x @ x.T)).clamp_min(0.0)
+
+
+def _gaussian_kernel(x: torch.Tensor) -> torch.Tensor:
+    d2 = _sq_dists(x)
+    n = x.shape[0]
+    off = d2[~torch.eye(n, dtype=torch.bool, device=x.device)]
+    # Median heuristic for the bandwidth; detached so the bandwidth is not a path for the gradient.
+    sigma2 = off.detach().median() if off.numel() else torch.tensor(1.0, device=x.device)
+    sigma2 = sigma2.clamp_min(1e-6)
+    return torch.exp(-d2 / (2.0 * sigma2))
+
+
+def hsic(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Biased HSIC estimate with Gaussian kernels: tr(K H L H) / (n − 1)²; ≈ 0 for independent inputs."""
+    n = x.shape[0]
+    if n < 2:
+        return x.new_zeros(())
+    x = x.reshape(n, -1).double()
+    y = y.reshape(n, -1).double()
+    k = _gaussian_kernel(x)
+    l_ = _gaussian_kernel(y)
+    # Centre by subtracting row/column means instead of forming H explicitly (same result, O(n²)).
+    kc = k - k.mean(0, keepdim=True) - k.mean(1, keepdim=True) + k.mean()
+    lc = l_ - l_.mean(0, keepdim=True) - l_.mean(1, keepdim=True) + l_.mean()
+    return ((kc * lc).sum() / float((n - 1) ** 2)).float()
+
+
+def bernoulli_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """Mean KL(Bern(p) ‖ Bern(q)) computed from logits, stable for saturated probabilities."""
+    lp1, lp0 = F.logsigmoid(p_logits), F.logsigmoid(-p_logits)
+    lq1, lq0 = F.logsigmoid(q_logits), F.logsigmoid(-q_logits)
+    p = torch.sigmoid(p_logits)
+    return (p * (lp1 - lq1) + (1 - p) * (lp0 - lq0)).mean()
+
+
+def _mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Sequential:
+    if hidden <= 0:
+        return nn.Sequential(nn.Linear(d_in, d_out))
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d_out))
+
+
+class CausalHead(nn.Module):
+    kind = "causalclip"
+
+    def __init__(self, embed_dim: int, config: CausalConfig | None = None) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.config = config or CausalConfig()
+        c = self.config
+        self.mask_net = _mlp(embed_dim, c.mask_hidden, embed_dim, 0.0)
+        self.classifier = _mlp(embed_dim, c.cls_hidden, 1, c.dropout)
+        self.adversary = _mlp(embed_dim, c.adv_hidden, 1, c.dropout)
+
+    def mask(self, e: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return gumbel_sigmoid(self.mask_net(e), self.config.tau, self.training, generator)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Raw embeddings → fake logits (N,). Deterministic in eval mode."""
+        e = normalize_features(features)
+        return self.classifier(self.mask(e) * e).squeeze(-1)
+
+    def losses(self, features: torch.Tensor, labels: torch.Tensor,
+               generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """All loss terms for one batch; `total` is what the optimiser minimises."""
+        c = self.config
+        y = labels.float()
+        e = normalize_features(features)
+        m = self.mask(e, generator)
+        zc, znc = m * e, (1.0 - m) * e
+        logits = self.classifier(zc).squeeze(-1)
+        l_cls = F.binary_cross_entropy_with_logits(logits, y)
+        # The adversary minimises its loss; the reversed gradient makes the mask maximise it (−α·L_adv).
+        adv_logits = self.adversary(grad_reverse(znc, c.alpha)).squeeze(-1)
+        l_adv = F.binary_cross_entropy_with_logits(adv_logits, y)
+        l_sparse = m.abs().mean()
+        l_hsic = hsic(zc, znc)
+        drop = torch.bernoulli(torch.full_like(zc, c.drop_p), generator=generator)
+        cf_logits = self.classifier(zc * (1.0 - drop)).squeeze(-1)
+        l_inv = bernoulli_kl(logits, cf_logits)
+        total = l_cls + l_adv + c.lambda1 * l_sparse + c.lambda2 * l_hsic + c.beta * l_inv
+        return {"total": total, "cls": l_cls, "adv": l_adv, "sparsity": l_sparse, "hsic": l_hsic,
+                "inv": l_inv, "mask_mean": m.detach().mean(), "logits": logits.detach()}
+
+
+class LinearHead(nn.Module):
+    kind = "linear"
+
+    def __init__(self, embed_dim: int, config: LinearConfig | None = None) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.config = config or LinearConfig()
+        self.fc = nn.Linear(embed_dim, 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(normalize_features(features)).squeeze(-1)
+
+    def losses(self, features: torch.Tensor, labels: torch.Tensor,
+               generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        logits = self.forward(features)
+        l_cls = F.binary_cross_entropy_with_logits(logits, labels.float())
+        return {"total": l_cls, "cls": l_cls, "logits": logits.detach()}
+
+
+Head = CausalHead | LinearHead
+
+
+def make_head(kind: str, embed_dim: int, config: dict | None = None) -> Head:
+    """Build a head by kind name from a plain config dict (as stored in checkpoints)."""
+    config = config or {}
+    if kind == "causalclip":
+        return CausalHead(embed_dim, CausalConfig.from_dict(config))
+    if kind == "linear":
+        return LinearHead(embed_dim, LinearConfig.from_dict(config))
+    raise ValueError(f"unknown head kind {kind!r}; choose one of {', '.join(HEAD_KINDS)}")
+
+
+def head_config_dict(head: Head) -> dict:
+    return asdict(head.config)

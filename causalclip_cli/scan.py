@@ -1,0 +1,75 @@
+"""The scan pipeline: files → decoded batches (in workers) → probabilities → plain records."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from causalclip_cli.checkpoint import Decision, Detector
+from causalclip_cli.output import ScanRecord, ScanSummary
+
+
+@dataclass
+class ScanOptions:
+    batch_size: int = 16
+    workers: int = 2
+    threshold: float | None = None  # None → the checkpoint's
+    uncertain: tuple[float, float] | None = None  # None → the checkpoint's band, if any
+
+
+def scan_records(
+    detector: Detector,
+    files: list[str],
+    explicit: set[str],
+    options: ScanOptions,
+    summary: ScanSummary,
+    on_progress: Callable[[int], None] | None = None,
+) -> Iterator[ScanRecord]:
+    """Yield one record per file in `files` order; non-images found by walking are counted, not yielded."""
+    from causalclip_cli.data import make_loader
+
+    decision: Decision = detector.decision
+    threshold = decision.threshold if options.threshold is None else options.threshold
+    band = options.uncertain if options.uncertain is not None else decision.uncertain
+    model = detector.model_id
+    pin = detector.device.startswith("cuda")
+    loader = make_loader(files, detector.preprocess, options.batch_size, options.workers, pin_memory=pin)
+    start = time.perf_counter()
+    for batch in loader:
+        probs = detector.probabilities(batch.tensor).tolist() if batch.tensor is not None else []
+        by_item = dict(zip(batch.good, probs, strict=True))
+        for j, item in enumerate(batch.items):
+            if item.get("skipped") and item["path"] not in explicit:
+                summary.skipped += 1
+                continue
+            if j in by_item:
+                p = float(by_item[j])
+                rec = ScanRecord(item["path"], p, decision.label(p, threshold, band), threshold, model,
+                                 item.get("width"), item.get("height"), None)
+            else:
+                rec = ScanRecord(item["path"], None, None, threshold, model, item.get("width"),
+                                 item.get("height"), item.get("error") or "unreadable")
+            summary.add(rec)
+            yield rec
+        summary.seconds = time.perf_counter() - start
+        if on_progress:
+            on_progress(len(batch.items))
+
+
+def error_records(errors: Iterable[tuple[str, str]], threshold: float, model: str) -> Iterator[ScanRecord]:
+    for path, reason in errors:
+        yield ScanRecord(os.fsdecode(path), None, None, threshold, model, None, None, reason)
+
+
+def exit_code(summary: ScanSummary, fail_on: str) -> int:
+    """0 clean, 1 flagged (grep's 'found'), 3 some files unreadable and nothing flagged."""
+    flagged = summary.counts.get("fake", 0)
+    if fail_on == "uncertain":
+        flagged += summary.counts.get("uncertain", 0)
+    if fail_on != "never" and flagged:
+        return 1
+    if summary.errors:
+        return 3
+    return 0

@@ -1,0 +1,107 @@
+"""Pixel transforms applied after decoding: JPEG alignment, robustness perturbations, augmentation.
+
+Each transform has a stable `name` that becomes part of the feature-cache key, since it changes pixels.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from PIL import Image, ImageFilter
+
+from causalclip_cli.errors import UsageError
+
+
+@dataclass(frozen=True)
+class PixelTransform:
+    name: str
+    fn: Callable[[Image.Image], Image.Image]
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return self.fn(img)
+
+
+def _jpeg(img: Image.Image, quality: int) -> Image.Image:
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    out = Image.open(buf)
+    out.load()
+    return out.convert("RGB")
+
+
+def jpeg(quality: int) -> PixelTransform:
+    if not 1 <= quality <= 100:
+        raise UsageError(f"JPEG quality must be 1..100, not {quality}")
+    return PixelTransform(f"jpeg{quality}", lambda im: _jpeg(im, quality))
+
+
+def blur(sigma: float) -> PixelTransform:
+    return PixelTransform(f"blur{sigma:g}", lambda im: im.filter(ImageFilter.GaussianBlur(sigma)))
+
+
+def resize(factor: float) -> PixelTransform:
+    if not 0 < factor <= 4:
+        raise UsageError(f"resize factor must be in (0, 4], not {factor}")
+
+    def fn(im: Image.Image) -> Image.Image:
+        w, h = im.size
+        return im.resize((max(1, round(w * factor)), max(1, round(h * factor))), Image.Resampling.BILINEAR)
+
+    return PixelTransform(f"resize{factor:g}", fn)
+
+
+_PERTURBATIONS = {"jpeg": lambda v: jpeg(int(v)), "blur": lambda v: blur(float(v)),
+                  "resize": lambda v: resize(float(v))}
+
+
+def parse_perturbations(text: str | None) -> list[PixelTransform]:
+    """'jpeg:75,blur:1.0,resize:0.5' → transforms, each evaluated separately."""
+    if not text:
+        return []
+    out = []
+    for part in text.split(","):
+        name, _, value = part.strip().partition(":")
+        if name not in _PERTURBATIONS or not value:
+            raise UsageError(f"--perturb {part!r}: expected one of jpeg:Q, blur:SIGMA, resize:FACTOR")
+        try:
+            out.append(_PERTURBATIONS[name](value))
+        except ValueError as exc:
+            raise UsageError(f"--perturb {part!r}: {exc}") from exc
+    return out
+
+
+def random_augment(kinds: str, seed: int, p: float = 0.5) -> PixelTransform:
+    """Wang et al. (2020)-style training augmentation: random Gaussian blur and/or JPEG re-encoding."""
+    wanted = {k.strip() for k in kinds.split(",") if k.strip()}
+    unknown = wanted - {"blur", "jpeg"}
+    if unknown:
+        raise UsageError(f"--augment: unknown kinds {sorted(unknown)}; use blur and/or jpeg")
+    rng = random.Random(seed)
+
+    def fn(im: Image.Image) -> Image.Image:
+        if "blur" in wanted and rng.random() < p:
+            im = im.filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 3.0)))
+        if "jpeg" in wanted and rng.random() < p:
+            im = _jpeg(im, rng.randint(30, 100))
+        return im
+
+    return PixelTransform(f"augment-{'+'.join(sorted(wanted))}-{seed}", fn)
+
+
+def compose(*ts: PixelTransform | None) -> PixelTransform | None:
+    ts = tuple(t for t in ts if t is not None)
+    if not ts:
+        return None
+    if len(ts) == 1:
+        return ts[0]
+
+    def fn(im: Image.Image) -> Image.Image:
+        for t in ts:
+            im = t(im)
+        return im
+
+    return PixelTransform("+".join(t.name for t in ts), fn)

@@ -1,0 +1,44 @@
+"""Shared fixtures: a hermetic cache dir, the shared data folder, and a tiny deterministic detector."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _hermetic_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every test run gets its own cache dir; nothing touches the user's cache or the network."""
+    root = tmp_path_factory.mktemp("cache")
+    os.environ["CAUSALCLIP_CACHE_DIR"] = str(root)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    return root
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CausalCLIP head over the tiny random-init tower, saved in the real checkpoint format."""
+    import torch
+
+    from causalclip_cli.backbones import BackboneSpec, locate
+    from causalclip_cli.checkpoint import Decision, build_metadata, save_checkpoint
+    from causalclip_cli.heads import make_head
+
+    torch.manual_seed(0)
+    info = locate(BackboneSpec("causalclip-tiny", "none"))
+    head = make_head("causalclip", info.embed_dim, {"mask_hidden": 16, "cls_hidden": 16, "adv_hidden": 16})
+    meta = build_metadata(head, info.to_dict(), Decision(0.5), {"summary": {"note": "test fixture"}})
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_checkpoint(path, head, meta)
+    return path
