@@ -167,7 +167,6 @@ def scan(
         if not inputs:
             raise UsageError("no input paths given")
         found = discover(inputs, recursive=recursive)
-        explicit = {os.fsdecode(p) for p in inputs if os.path.isfile(p)}
         from causalclip_cli.checkpoint import load_detector
 
         dev = _device(device)
@@ -198,11 +197,11 @@ def scan(
                 with Progress("scanning", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                               console=err, transient=True) as bar:
                     task = bar.add_task("scan", total=total)
-                    for rec in scan_records(detector, found.files, explicit, opts, summary,
+                    for rec in scan_records(detector, found.files, found.explicit, opts, summary,
                                             lambda n: bar.advance(task, n)):
                         writer.write(rec)
             else:
-                for rec in scan_records(detector, found.files, explicit, opts, summary):
+                for rec in scan_records(detector, found.files, found.explicit, opts, summary):
                     writer.write(rec)
         except KeyboardInterrupt:
             summary.interrupted = True

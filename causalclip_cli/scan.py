@@ -35,13 +35,14 @@ def scan_records(
     band = options.uncertain if options.uncertain is not None else decision.uncertain
     model = detector.model_id
     pin = detector.device.startswith("cuda")
-    loader = make_loader(files, detector.preprocess, options.batch_size, options.workers, pin_memory=pin)
+    loader = make_loader(files, detector.preprocess, options.batch_size, options.workers, pin_memory=pin,
+                         explicit=explicit)
     start = time.perf_counter()
     for batch in loader:
         probs = detector.probabilities(batch.tensor).tolist() if batch.tensor is not None else []
         by_item = dict(zip(batch.good, probs, strict=True))
         for j, item in enumerate(batch.items):
-            if item.get("skipped") and item["path"] not in explicit:
+            if item["skipped"]:
                 summary.skipped += 1
                 continue
             if j in by_item:

@@ -130,6 +130,7 @@ def train_head(
         start = state["epoch"] + 1
         gen.set_state(torch.tensor(state["gen"], dtype=torch.uint8))
         noise.set_state(torch.tensor(state["noise"], dtype=torch.uint8))
+        torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))  # dropout draws from it
 
     stopped = False
     for epoch in range(start, cfg.epochs + 1):
@@ -163,6 +164,7 @@ def train_head(
             _save_state(resume_file, head, best_state, opt,
                         {"epoch": epoch, "history": history, "best": best, "bad": bad,
                          "gen": gen.get_state().tolist(), "noise": noise.get_state().tolist(),
+                         "torch_rng": torch.get_rng_state().tolist(),
                          "config": asdict(cfg)})
         if on_epoch:
             on_epoch(row)

