@@ -148,7 +148,7 @@ def train_head(
             opt.step()
             for k, v in losses.items():
                 if k != "logits":
-                    sums[k] = sums.get(k, 0.0) + float(v)
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
             steps += 1
         val = _evaluate(head, xv, yv)
         row = {"epoch": epoch, **{f"loss_{k}": v / max(steps, 1) for k, v in sums.items()},
