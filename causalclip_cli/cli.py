@@ -6,6 +6,7 @@ open_clip) are imported inside commands so `causalclip --help` starts instantly.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -84,6 +85,20 @@ def _root(
     warnings.showwarning = _show_warning
 
 
+def _interruptible(fn):  # noqa: ANN001, ANN202
+    """Ctrl-C anywhere in a command: a one-line note and exit 130, not a traceback or click's exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            sys.stderr.write("interrupted\n")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
 def _fail(exc: CausalClipError) -> typer.Exit:
     sys.stderr.write(f"error: {exc}\n")
     return typer.Exit(exc.exit_code)
@@ -111,6 +126,7 @@ def _device(spec: str) -> str:
 
 
 @app.command()
+@_interruptible
 def info(
     checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c", help="Checkpoint path or name.")] = None,
     backbone_weights: Annotated[str | None, typer.Option(help="Local backbone weights file.")] = None,
@@ -135,6 +151,7 @@ def info(
 
 
 @app.command(epilog=EXIT_CODES_HELP)
+@_interruptible
 def scan(
     paths: Annotated[list[str], typer.Argument(help="Files and folders; '-' reads paths from stdin.")],
     checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c",
@@ -232,6 +249,7 @@ def scan(
 
 
 @app.command()
+@_interruptible
 def train(
     data: Annotated[Path, typer.Option("--data", "-d", help="Dataset folder (layout auto-detected) or CSV.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write.")] = Path(
@@ -287,6 +305,7 @@ def train(
 
 
 @app.command(name="eval")
+@_interruptible
 def evaluate(
     data: Annotated[Path, typer.Option("--data", "-d", help="Dataset folder (layout auto-detected) or CSV.")],
     checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c")] = None,
@@ -318,12 +337,15 @@ def evaluate(
 
 
 @app.command()
+@_interruptible
 def calibrate(
     data: Annotated[Path, typer.Option("--data", "-d", help="Dataset with held-out real images.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Calibrated copy of the checkpoint.")],
     checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c")] = None,
     target_fpr: Annotated[float, typer.Option(min=0.0, max=1.0, help="False-positive rate on real images.")
                           ] = 0.01,
+    band_fpr: Annotated[str | None, typer.Option(help="Abstain band as two FPRs on real images, e.g. 0.15:0.01.")
+                        ] = None,
     split: Annotated[str | None, typer.Option(help="Split whose real images are used (default: val).")] = None,
     layout: Annotated[str, typer.Option()] = "auto",
     device: Annotated[str, typer.Option()] = "auto",
@@ -333,9 +355,11 @@ def calibrate(
     """Choose the threshold on held-out real images for a target false-positive rate."""
     from causalclip_cli.experiment import CalibrateRequest, run_calibrate
 
-    req = CalibrateRequest(data=data, output=output, checkpoint=checkpoint, target_fpr=target_fpr, split=split,
-                           layout=layout, device=device, workers=workers, cache_dir=cache_dir)
     try:
+        band = _parse_band(":".join(sorted((band_fpr or "").split(":")))) if band_fpr else None
+        req = CalibrateRequest(data=data, output=output, checkpoint=checkpoint, target_fpr=target_fpr,
+                               band_fpr=band, split=split, layout=layout, device=device, workers=workers,
+                               cache_dir=cache_dir)
         result = run_calibrate(req)
     except CausalClipError as exc:
         raise _fail(exc) from None

@@ -161,7 +161,7 @@ def run_train(req: TrainRequest) -> dict:
                       patience=req.patience, seed=req.seed, device=device)
     hc = req.head_config if req.head == "causalclip" else {}
     result = train_head(req.head, hc, x_tr, y_tr, va.x, va.y, cfg,
-                        resume_from=req.output if req.resume else None, on_epoch=on_epoch)
+                        resume_from=req.output, resume=req.resume, on_epoch=on_epoch)
     import torch
 
     with torch.inference_mode():
@@ -312,6 +312,7 @@ class CalibrateRequest:
     output: Path
     checkpoint: str | None = None
     target_fpr: float = 0.01
+    band_fpr: tuple[float, float] | None = None  # abstain band edges as FPRs on real images
     split: str | None = None
     layout: str = "auto"
     device: str = "auto"
@@ -336,10 +337,16 @@ def run_calibrate(req: CalibrateRequest) -> dict:
     thr = float(threshold_at_fpr(probs, req.target_fpr))
     achieved = float((probs >= thr).mean())
     head, meta = load_head(det.path)
-    old = Decision.from_dict(meta.get("decision", {}))
+    band = Decision.from_dict(meta.get("decision", {})).uncertain
     calib = {"method": "quantile of held-out real images", "target_fpr": req.target_fpr,
              "achieved_fpr": achieved, "n_real": int(len(probs)), "data": str(req.data), "split": split}
-    meta["decision"] = Decision(thr, old.uncertain, calib).to_dict()
+    if req.band_fpr is not None:
+        # Wider FPR → lower edge; narrower FPR → upper edge: scores between them are "uncertain".
+        loose, strict = sorted(req.band_fpr, reverse=True)
+        low, high = float(threshold_at_fpr(probs, loose)), float(threshold_at_fpr(probs, strict))
+        band = (min(low, thr), max(high, thr))
+        calib["band_fpr"] = [loose, strict]
+    meta["decision"] = Decision(thr, band, calib).to_dict()
     if req.output.resolve() == det.path.resolve():
         raise UsageError("--output must differ from the checkpoint (a calibrated copy is written)")
     save_checkpoint(req.output, head, meta)

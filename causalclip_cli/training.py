@@ -103,9 +103,11 @@ def train_head(
     cfg: TrainConfig | None = None,
     *,
     resume_from: Path | None = None,
+    resume: bool = True,
     on_epoch: EpochCallback | None = None,
 ) -> TrainResult:
-    """Train a head; with `resume_from` (an output path), continue from its `.resume` file if any."""
+    """Train a head. With `resume_from` (the output path) the state is saved after every epoch to a
+    `.resume` file beside it, and, when `resume` is true, an existing one is continued."""
     cfg = cfg or TrainConfig()
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -124,7 +126,7 @@ def train_head(
     best: dict = {"epoch": 0, "score": -1.0}
     start, bad = 1, 0
     resume_file = _resume_path(resume_from) if resume_from else None
-    if resume_file is not None and resume_file.is_file():
+    if resume and resume_file is not None and resume_file.is_file():
         state, best_state = _load_state(resume_file, head, opt)
         history, best, bad = state["history"], state["best"], state["bad"]
         start = state["epoch"] + 1

@@ -81,6 +81,7 @@ def test_scan_jsonl_records_errors_and_skips(photos: Path, tiny_checkpoint: Path
     keys = ["path", "probability", "label", "threshold", "model", "width", "height", "error"]
     assert all(list(r) == keys for r in recs)
     paths = [r["path"] for r in recs]
+    assert len(set(paths)) == len(paths)
     assert len(recs) == 7  # 6 images + 1 broken; readme.txt skipped
     broken = [r for r in recs if r["path"].endswith("broken.jpg")][0]
     assert broken["error"] and broken["probability"] is None and broken["label"] is None
@@ -183,3 +184,31 @@ def test_real_subprocess_scan_and_closed_pipe(photos: Path, tiny_checkpoint: Pat
     piped = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=120)
     assert len(piped.stdout.splitlines()) == 1
     assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr
+
+
+def test_ctrl_c_keeps_results_so_far_and_the_summary(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    import signal
+    import time
+
+    d = tmp_path / "many"
+    d.mkdir()
+    for i in range(400):
+        Image.new("RGB", (64, 64), (i % 256, 0, 0)).save(d / f"{i:04d}.png")
+    out = tmp_path / "partial.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "causalclip_cli", "scan", str(d), "-c", str(tiny_checkpoint),
+                             "--batch-size", "1", "--workers", "0", "-o", str(out), "-f", "jsonl",
+                             "--threshold", "1.0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    tmp_seen = False
+    while time.time() < deadline and not tmp_seen:
+        tmp_seen = any(p.name.startswith(".partial.jsonl") for p in tmp_path.iterdir())
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err.lower()
+    lines = _jsonl(out.read_text())
+    assert 0 < len(lines) < 400
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

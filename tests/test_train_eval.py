@@ -77,12 +77,15 @@ def test_train_then_eval_then_calibrate_on_forensynths_layout(forensynths_tree: 
 
     cal = tmp_path / "calibrated.safetensors"
     res = runner.invoke(app, ["calibrate", "--data", str(forensynths_tree), "-c", str(ckpt), "-o", str(cal),
-                              "--target-fpr", "0.1", "--split", "train", "--cache-dir", str(tmp_path / "cache"),
-                              "--workers", "0"])
+                              "--target-fpr", "0.1", "--band-fpr", "0.3:0.05", "--split", "train",
+                              "--cache-dir", str(tmp_path / "cache"), "--workers", "0"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["achieved_fpr"] <= 0.1
-    assert read_metadata(cal)["decision"]["threshold"] == pytest.approx(out["threshold"])
+    decision = read_metadata(cal)["decision"]
+    assert decision["threshold"] == pytest.approx(out["threshold"])
+    low, high = decision["uncertain"]
+    assert low <= decision["threshold"] <= high
     h1, _ = load_head(ckpt)
     h2, _ = load_head(cal)
     assert all(torch.equal(a, b) for a, b in zip(h1.state_dict().values(), h2.state_dict().values(), strict=True))
