@@ -57,7 +57,8 @@ def main() -> None:
         raw = REPO / "benchmarks" / "results" / f"{name}-uncalibrated.safetensors"
         sh("train", "--data", str(MANIFEST), "--head", head, "--output", str(raw), *TRAIN_ARGS)
         sh("calibrate", "--data", str(MANIFEST), "--checkpoint", str(raw), "--split", "val",
-           "--target-fpr", str(TARGET_FPR), "--band-fpr", BAND_FPR, "--output", str(REPO / "weights" / f"{name}.safetensors"))
+           "--target-fpr", str(TARGET_FPR), "--band-fpr", BAND_FPR,
+           "--output", str(REPO / "weights" / f"{name}.safetensors"))
         raw.unlink()
 
 
