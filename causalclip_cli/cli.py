@@ -270,7 +270,7 @@ def train(
     tau: Annotated[float, typer.Option(help="Gumbel-sigmoid temperature τ.")] = 0.5,
     alpha: Annotated[float, typer.Option(help="Adversary weight α (reversed into the mask).")] = 0.1,
     beta: Annotated[float, typer.Option(help="Counterfactual invariance weight β.")] = 1.0,
-    lambda1: Annotated[float, typer.Option(help="Mask sparsity weight λ1.")] = 0.01,
+    lambda1: Annotated[float, typer.Option(help="Mask sparsity weight λ1.")] = 0.1,
     lambda2: Annotated[float, typer.Option(help="HSIC weight λ2.")] = 1.0,
     drop_p: Annotated[float, typer.Option(help="Counterfactual drop rate p.")] = 0.2,
     hidden: Annotated[int, typer.Option(help="Hidden width of mask, classifier and adversary MLPs.")] = 256,

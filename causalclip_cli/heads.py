@@ -28,7 +28,7 @@ class CausalConfig:
     tau: float = 0.5  # Gumbel-sigmoid temperature
     alpha: float = 0.1  # weight of the adversary's loss reversed into the mask
     beta: float = 1.0  # counterfactual invariance weight
-    lambda1: float = 0.01  # mask sparsity, mean |M|
+    lambda1: float = 0.1  # mask sparsity, mean |M| (0.1 chosen by benchmarks/tune.py, protocol C)
     lambda2: float = 1.0  # HSIC(Zc, Znc)
     drop_p: float = 0.2  # Bernoulli rate of counterfactual drops
     dropout: float = 0.1
