@@ -54,12 +54,13 @@ def sh(*args: str) -> None:
 def main() -> None:
     write_manifest()
     for head, name in (("causalclip", "causalclip-vitb16"), ("linear", "linear-vitb16")):
-        raw = REPO / "benchmarks" / "results" / f"{name}-uncalibrated.safetensors"
-        sh("train", "--data", str(MANIFEST), "--head", head, "--output", str(raw), *TRAIN_ARGS)
-        sh("calibrate", "--data", str(MANIFEST), "--checkpoint", str(raw), "--split", "val",
-           "--target-fpr", str(TARGET_FPR), "--band-fpr", BAND_FPR,
-           "--output", str(REPO / "weights" / f"{name}.safetensors"))
-        raw.unlink()
+        # Paths relative to the repository, so the checkpoints' metadata names no local directories.
+        manifest = MANIFEST.relative_to(REPO).as_posix()
+        raw = f"benchmarks/results/{name}-uncalibrated.safetensors"
+        sh("train", "--data", manifest, "--head", head, "--output", raw, *TRAIN_ARGS)
+        sh("calibrate", "--data", manifest, "--checkpoint", raw, "--split", "val",
+           "--target-fpr", str(TARGET_FPR), "--band-fpr", BAND_FPR, "--output", f"weights/{name}.safetensors")
+        (REPO / raw).unlink()
 
 
 if __name__ == "__main__":

@@ -42,10 +42,11 @@ class Decision:
     calibration: dict = field(default_factory=dict)  # how the threshold was chosen
 
     def label(self, prob: float, threshold: float | None = None,
-              uncertain: tuple[float, float] | None = None) -> str:
+              uncertain: tuple[float, float] | tuple[()] | None = None) -> str:
+        """`uncertain`: None → this decision's band; () → no band."""
         t = self.threshold if threshold is None else threshold
         band = self.uncertain if uncertain is None else uncertain
-        if band is not None and band[0] <= prob < band[1]:
+        if band and band[0] <= prob < band[1]:
             return "uncertain"
         return "fake" if prob >= t else "real"
 
@@ -83,6 +84,13 @@ def _atomic_target(path: Path) -> str:
     return tmp
 
 
+def _shareable(path: str) -> None:
+    """mkstemp and safetensors create private (0600) files; a checkpoint is an ordinary file: honour the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def save_checkpoint(path: str | os.PathLike, head: Head, metadata: dict) -> Path:
     """Write tensors + metadata to a temp file, fsync, then rename: a killed run leaves no half file."""
     from safetensors.torch import save_file
@@ -92,6 +100,7 @@ def save_checkpoint(path: str | os.PathLike, head: Head, metadata: dict) -> Path
     tmp = _atomic_target(path)
     try:
         save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True)})
+        _shareable(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -104,9 +104,12 @@ def _fail(exc: CausalClipError) -> typer.Exit:
     return typer.Exit(exc.exit_code)
 
 
-def _parse_band(text: str | None) -> tuple[float, float] | None:
+def _parse_band(text: str | None) -> tuple[float, float] | tuple[()] | None:
+    """None: not given; (): switched off ("off"); (low, high) otherwise."""
     if not text:
         return None
+    if text.strip().lower() in ("off", "none"):
+        return ()
     try:
         low, high = (float(x) for x in text.split(":"))
     except ValueError as exc:
@@ -158,7 +161,9 @@ def scan(
                                                    help="Checkpoint path or released name.")] = None,
     threshold: Annotated[float | None, typer.Option(min=0.0, max=1.0,
                                                     help="Fake threshold (default: the checkpoint's).")] = None,
-    uncertain: Annotated[str | None, typer.Option(help="Abstain band LOW:HIGH, labelled 'uncertain'.")] = None,
+    uncertain: Annotated[str | None, typer.Option(
+        help="Abstain band LOW:HIGH, labelled 'uncertain' (default: the checkpoint's, unless --threshold is "
+             "given; 'off' for none).")] = None,
     fmt: Annotated[Fmt | None, typer.Option("--format", "-f",
                                             help="Default: table on a terminal, jsonl otherwise.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write results to FILE (atomic).")] = None,

@@ -16,7 +16,8 @@ class ScanOptions:
     batch_size: int = 16
     workers: int = 2
     threshold: float | None = None  # None → the checkpoint's
-    uncertain: tuple[float, float] | None = None  # None → the checkpoint's band, if any
+    # None → the checkpoint's band, unless a threshold was given (then none); () → none.
+    uncertain: tuple[float, float] | tuple[()] | None = None
 
 
 def scan_records(
@@ -32,7 +33,12 @@ def scan_records(
 
     decision: Decision = detector.decision
     threshold = decision.threshold if options.threshold is None else options.threshold
-    band = options.uncertain if options.uncertain is not None else decision.uncertain
+    # () means "no band" all the way down (Decision.label reads None as "the checkpoint's").
+    if options.uncertain is not None:
+        band = options.uncertain
+    else:
+        # A calibrated band belongs with the calibrated threshold; `--threshold T` asks for a plain cut at T.
+        band = (decision.uncertain or ()) if options.threshold is None else ()
     model = detector.model_id
     pin = detector.device.startswith("cuda")
     loader = make_loader(files, detector.preprocess, options.batch_size, options.workers, pin_memory=pin,

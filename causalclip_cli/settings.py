@@ -26,8 +26,15 @@ def package_dir() -> Path:
 
 
 def weights_dir() -> Path:
-    """Released checkpoints: `weights/` next to the package in a checkout, or installed alongside it."""
-    return package_dir().parent / "weights"
+    """Released checkpoints: `weights/` next to the package in a checkout (editable install), else the
+    copy a regular install puts under `<prefix>/share/causalclip/weights`."""
+    import sys
+
+    checkout = package_dir().parent / "weights"
+    if checkout.is_dir():
+        return checkout
+    installed = Path(sys.prefix) / "share" / APP_NAME / "weights"
+    return installed if installed.is_dir() else checkout
 
 
 def resolve_device(spec: str = "auto") -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,9 @@ def test_round_trip_is_bit_exact_with_metadata(tmp_path: Path, kind: str) -> Non
     head = make_head(kind, 32, {"tau": 0.3, "mask_hidden": 8} if kind == "causalclip" else {})
     meta = build_metadata(head, info, Decision(0.42, (0.3, 0.6), {"method": "test"}), {"summary": {"n": 3}})
     path = save_checkpoint(tmp_path / "h.safetensors", head, meta)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # shareable like any file, not mkstemp's 0600
     loaded, meta2 = load_head(path)
     for (k, a), (k2, b) in zip(head.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(a, b)

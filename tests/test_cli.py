@@ -212,3 +212,21 @@ def test_ctrl_c_keeps_results_so_far_and_the_summary(tmp_path: Path, tiny_checkp
     lines = _jsonl(out.read_text())
     assert 0 < len(lines) < 400
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_checkpoint_band_applies_unless_a_threshold_or_off_is_given(photos: Path, tiny_checkpoint: Path,
+                                                                  tmp_path: Path) -> None:
+    from causalclip_cli.checkpoint import load_head, save_checkpoint
+
+    head, meta = load_head(tiny_checkpoint)
+    meta["decision"]["uncertain"] = [0.0, 1.0]  # every score falls in this band
+    banded = save_checkpoint(tmp_path / "banded.safetensors", head, meta)
+
+    def labels(*args: str) -> set[str]:
+        res = _scan([str(photos), "-f", "jsonl", *args], banded)
+        return {r["label"] for r in _jsonl(res.stdout) if r["error"] is None}
+
+    assert labels() == {"uncertain"}
+    assert labels("--threshold", "0.0") == {"fake"}  # an explicit cut is a plain two-way decision
+    assert labels("--uncertain", "off") <= {"real", "fake"}
+    assert labels("--threshold", "0.0", "--uncertain", "0:1") == {"uncertain"}

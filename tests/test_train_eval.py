@@ -222,7 +222,7 @@ def test_real_train_and_eval_round_on_cifake(shared_data: Path, tmp_path: Path) 
     """The offline ViT-B/16 tower, a small CIFAKE sample: the trained head must really separate."""
     rng = random.Random(0)
     rows = []
-    for split, n in (("train", 24), ("test", 12)):
+    for split, n in (("train", 40), ("test", 12)):
         for cls in ("REAL", "FAKE"):
             files = sorted((shared_data / "cifake" / split / cls).iterdir())
             rows += [(str(f), cls, split) for f in rng.sample(files, n)]
@@ -241,3 +241,47 @@ def test_real_train_and_eval_round_on_cifake(shared_data: Path, tmp_path: Path) 
     overall = json.loads(ev.stdout)["conditions"]["clean"]["overall"]
     assert overall["n"] == 24
     assert overall["auc"] > 0.75, overall
+
+
+def test_paper_setting_commands_with_a_local_stand_in_for_vit_l14(shared_data: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """README's ViT-L/14 recipe, run as written but with a tiny config registered under a pretrained tag
+    whose weights sit in a local Hugging Face cache: open_clip's download path, with no network."""
+    import huggingface_hub.constants as hfc
+    import open_clip.pretrained as ocp
+    from safetensors.torch import save_file
+
+    from causalclip_cli.backbones import BackboneSpec, load_backbone
+
+    tower = load_backbone(BackboneSpec("causalclip-tiny", "none"), seed=7).tower
+    repo_dir = tmp_path / "hub" / "models--local--stand-in"
+    snap = repo_dir / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in tower.state_dict().items()}, str(snap / "open_clip_model.safetensors"))
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(hfc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setitem(ocp._PRETRAINED, "causalclip-tiny", {"openai": {"hf_hub": "local/stand-in/"}})
+
+    root = tmp_path / "GenImage"
+    mg = shared_data / "multigen-2022"
+    for gen, src in (("stable_diffusion_v_1_4", "stable-diffusion-beta"), ("Midjourney", "midjourney-v3")):
+        for split, start, n in (("train", 0, 12), ("val", 40, 6)):
+            for cls, folder in (("ai", "1_fake"), ("nature", "0_real")):
+                out = root / gen / f"imagenet_{gen}" / split / cls
+                out.mkdir(parents=True)
+                for f in sorted((mg / src / folder).iterdir())[start:start + n]:
+                    os.link(f, out / f.name)
+    ckpt = tmp_path / "vitl14-sd14.safetensors"
+    res = runner.invoke(app, ["train", "--data", str(root), "--backbone", "causalclip-tiny", "--pretrained", "openai",
+                              "--subset", "stable_diffusion_v_1_4", "--device", "cpu", "--output", str(ckpt),
+                              "--workers", "0", "--epochs", "3", "--cache-dir", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    meta = read_metadata(ckpt)
+    assert meta["backbone"]["pretrained"] == "openai" and meta["backbone"]["source"] == "open_clip-pretrained"
+    assert meta["training"]["summary"]["generators"] == ["stable_diffusion_v_1_4"]
+    ev = runner.invoke(app, ["eval", "--data", str(root), "--checkpoint", str(ckpt), "--device", "cpu", "-f", "json",
+                             "--workers", "0", "--cache-dir", str(tmp_path / "c")])
+    assert ev.exit_code == 0, ev.output
+    clean = json.loads(ev.stdout)["conditions"]["clean"]
+    assert clean["Midjourney"]["n"] == 12 and clean["stable_diffusion_v_1_4"]["n"] == 12
