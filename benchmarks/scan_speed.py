@@ -74,11 +74,14 @@ def ceiling(detector: Any, files: list[str], batch_size: int) -> dict[str, Any]:
     with torch.inference_mode():
         detector.embed(batches[0])  # warm-up: allocator, oneDNN/cuDNN kernel choice
         _sync(detector.device)
-        t0 = time.perf_counter()
-        for b in batches:
-            detector.embed(b)
-        _sync(detector.device)
-        secs = time.perf_counter() - t0
+        # Best of two passes: a ceiling is a best case, and shared CPUs vary by 10-20% between passes.
+        secs = float("inf")
+        for _ in range(2):
+            t0 = time.perf_counter()
+            for b in batches:
+                detector.embed(b)
+            _sync(detector.device)
+            secs = min(secs, time.perf_counter() - t0)
     use_amp = detector.device.startswith("cuda")
     return {
         "images": len(tensors),
@@ -211,7 +214,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=SHARED_DATA / "forensynths-thumbs", help="small-image set")
     ap.add_argument("--images", type=int, default=None, help="use N images of --data (spread over its folders)")
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=8, help="the scan's CPU default")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None,

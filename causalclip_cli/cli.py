@@ -170,7 +170,8 @@ def scan(
     recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Descend into folders.")] = True,
     null: Annotated[bool, typer.Option("-0", "--null", help="Paths on stdin are NUL-separated.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 16,
+    batch_size: Annotated[int | None, typer.Option(
+        min=1, help="Images per forward pass (default: 8 on CPU, 32 on CUDA/MPS).")] = None,
     workers: Annotated[int, typer.Option(min=0, help="Decoding processes (0: decode in-process).")] = 2,
     fail_on: Annotated[FailOn, typer.Option(help="What makes the exit code 1.")] = FailOn.fake,
     backbone_weights: Annotated[str | None, typer.Option(help="Local backbone weights file.")] = None,
@@ -196,9 +197,10 @@ def scan(
     except CausalClipError as exc:
         raise _fail(exc) from None
 
-    from causalclip_cli.scan import ScanOptions, error_records, exit_code, scan_records
+    from causalclip_cli.scan import ScanOptions, default_batch_size, error_records, exit_code, scan_records
 
-    opts = ScanOptions(batch_size=batch_size, workers=workers, threshold=threshold, uncertain=band)
+    opts = ScanOptions(batch_size=batch_size or default_batch_size(dev), workers=workers, threshold=threshold,
+                       uncertain=band)
     summary = ScanSummary()
     err = _stderr()
     total = len(found.files)

@@ -183,8 +183,13 @@ def run_train(req: TrainRequest) -> dict:
         meta["preprocess"] = {**meta["preprocess"], "jpeg_align": req.jpeg_align}
     save_checkpoint(req.output, result.head, meta)
     clear_resume(req.output)
-    con.print(f"wrote {req.output} (best epoch {result.best_epoch}, val AP "
-              f"{val_metrics['overall'].get('ap')}, val acc {val_metrics['overall'].get('accuracy')})")
+    overall = val_metrics["overall"]
+
+    def fmt(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.4f}"
+
+    con.print(f"wrote {req.output} (best epoch {result.best_epoch}, val AP {fmt(overall.get('ap'))}, "
+              f"val acc {fmt(overall.get('accuracy'))})")
     return {"checkpoint": str(req.output), **training["summary"], "val": val_metrics["overall"]}
 
 
