@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from causalclip_cli.checkpoint import Decision, Detector
 from causalclip_cli.output import ScanRecord, ScanSummary
 
-# Measured (benchmarks/README.md, "Batch size on CPU"): on a 2-core CPU, ViT-B/16 runs fastest at
+# Measured (benchmarks/README.md, "Scan speed"): on a 2-core CPU, ViT-B/16 runs fastest at
 # 4-8 images per pass (3.5 images/s vs 3.1 at 16), and a small batch also brings the first result sooner.
 CPU_BATCH_SIZE = 8
 ACCELERATOR_BATCH_SIZE = 32

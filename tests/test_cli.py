@@ -202,7 +202,10 @@ def test_ctrl_c_keeps_results_so_far_and_the_summary(tmp_path: Path, tiny_checkp
     proc = subprocess.Popen([sys.executable, "-m", "causalclip_cli", "scan", str(d), "-c", str(tiny_checkpoint),
                              "--batch-size", "1", "--workers", "0", "-o", str(out), "-f", "jsonl",
                              "--threshold", "1.0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # A shell without job control starts background jobs with SIGINT ignored, and
+                            # Python keeps an inherited SIG_IGN: give the child the default disposition.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # Interrupt as soon as the first results reach the temporary output file, long before the end.
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
