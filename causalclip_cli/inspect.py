@@ -96,9 +96,9 @@ def render_info(data: dict) -> None:
         t.add_row("  trained on", f"{tb.get('config')} / {tb.get('pretrained')} from {tb.get('source')} "
                   f"(sha256 {str(tb.get('sha256'))[:12]})")
         dec = ck.get("decision") or {}
-        t.add_row("  threshold", f"{dec.get('threshold')}  uncertain band: {dec.get('uncertain')}")
+        t.add_row("  decision", _decision_text(dec))
         if ck.get("training"):
-            t.add_row("  training", str(ck["training"])[:300])
+            t.add_row("  training", _training_text(ck["training"]))
     else:
         t.add_row("checkpoint", "none")
     bb = data["backbone"]
@@ -110,3 +110,29 @@ def render_info(data: dict) -> None:
     for p in data["problems"]:
         t.add_row("[yellow]problem[/]", p)
     con.print(t)
+
+
+def _decision_text(dec: dict) -> str:
+    thr = dec.get("threshold")
+    text = f"threshold {thr:.4f}" if isinstance(thr, int | float) else "threshold ?"
+    band = dec.get("uncertain")
+    if band:
+        text += f"; abstain band [{band[0]:.4f}, {band[1]:.4f}) labelled uncertain"
+    cal = dec.get("calibration") or {}
+    if cal.get("target_fpr") is not None:
+        text += (f"; calibrated for {cal['target_fpr']:.0%} FPR on {cal.get('n_real', '?')} real images"
+                 f" ({cal.get('data', '?')}, split {cal.get('split', '?')})")
+    return text
+
+
+def _training_text(tr: dict) -> str:
+    parts = []
+    if "n_train" in tr:
+        parts.append(f"{tr['n_train']:,} train / {tr.get('n_val', 0):,} val images")
+    if tr.get("generators"):
+        parts.append(f"{len(tr['generators'])} generators ({tr.get('layout', '?')} layout)")
+    if "best_epoch" in tr:
+        parts.append(f"best epoch {tr['best_epoch']} of {tr.get('epochs_run', '?')}")
+    if tr.get("data"):
+        parts.append(f"data {tr['data']}")
+    return "; ".join(parts) or str(tr)[:300]

@@ -68,3 +68,15 @@ def test_default_scan_detects_on_held_out_real_images(shared_data: Path, tmp_pat
     assert roc_auc_score(y, prob) > 0.8
     flagged = {r["path"] for r in records if r["label"] == "fake"}
     assert any(truth[p] == 1 for p in flagged)
+
+
+def test_info_describes_the_default_model_in_words() -> None:
+    from typer.testing import CliRunner
+
+    from causalclip_cli.cli import app
+
+    res = CliRunner().invoke(app, ["info"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "causalclip-vitb16.safetensors" in res.stdout
+    assert "threshold 0.9" in res.stdout and "calibrated for 5% FPR on 232 real images" in res.stdout
+    assert "best epoch" in res.stdout and "{" not in res.stdout  # summarised, not a dict dump
