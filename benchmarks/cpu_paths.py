@@ -6,6 +6,7 @@ over the 21 sources), compared with the fp32 eager reference (what `causalclip s
   bf16-autocast     torch.autocast("cpu", bfloat16)
   compile           torch.compile(tower) (inductor; first-call compile time reported separately)
   onnxruntime-fp32  the tower exported to ONNX in fp32 and run by onnxruntime (not the INT8 graph)
+  batch sweep       the reference path at batch sizes 1, 2, 4, 8, 16, 32 (scan's CPU default comes from it)
 For each: images/s, max |Δprobability| of the released head, and AP on the images vs the reference
 (faithful = Δprob ≤ 0.01 and |ΔAP| ≤ 0.005, the bar set in issue 6).
 
@@ -58,7 +59,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--skip", nargs="*", default=[])
+    ap.add_argument("--skip", nargs="*", default=[], help="any of: threads bf16-autocast compile onnxruntime-fp32 "
+                                                            "batch-sweep")
+    ap.add_argument("--sweep", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32], help="batch sizes to sweep")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
@@ -102,9 +105,16 @@ def main() -> None:
         log(f"{name}: {speed:.2f} images/s ({speed / ref_speed:.2f}x), max dprob {dprob:.4f}, AP {a:.4f}"
             f"{'' if faithful else '  NOT FAITHFUL'}")
 
-    for n in range(1, cores + 1):
-        if n == cores:
-            continue
+    if "batch-sweep" not in args.skip:
+        sweep = {}
+        for bs in args.sweep:
+            sweep[bs] = round(_timeit(probs_of(tower), list(torch.split(x, bs)))[0], 2)
+            log(f"batch {bs}: {sweep[bs]:.2f} images/s")
+        results["batch_sweep_images_per_s"] = sweep
+
+    for n in range(1, cores):
+        if "threads" in args.skip:
+            break
         torch.set_num_threads(n)
         record(f"eager-threads-{n}", *_timeit(probs_of(tower), batches))
     torch.set_num_threads(cores)

@@ -42,11 +42,10 @@ class Decision:
     calibration: dict = field(default_factory=dict)  # how the threshold was chosen
 
     def label(self, prob: float, threshold: float | None = None,
-              uncertain: tuple[float, float] | tuple[()] | None = None) -> str:
-        """`uncertain`: None → this decision's band; () → no band."""
+              uncertain: tuple[float, float] | None = None) -> str:
         t = self.threshold if threshold is None else threshold
         band = self.uncertain if uncertain is None else uncertain
-        if band and band[0] <= prob < band[1]:
+        if band is not None and band[0] <= prob < band[1]:
             return "uncertain"
         return "fake" if prob >= t else "real"
 

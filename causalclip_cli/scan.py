@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from causalclip_cli.checkpoint import Decision, Detector
 from causalclip_cli.output import ScanRecord, ScanSummary
 
-# Measured (benchmarks/README.md, "Scan speed"): on a 2-core CPU, ViT-B/16 runs fastest at
-# 4-8 images per pass (3.5 images/s vs 3.1 at 16), and a small batch also brings the first result sooner.
+# Measured by benchmarks/cpu_paths.py (batch sweep): on a 2-core CPU, ViT-B/16 runs fastest at 4-8 images
+# per pass (~3.5 images/s vs ~3.0 at 16), and a small batch also brings the first result sooner.
 CPU_BATCH_SIZE = 8
 ACCELERATOR_BATCH_SIZE = 32
 
@@ -29,6 +29,17 @@ class ScanOptions:
     uncertain: tuple[float, float] | tuple[()] | None = None
 
 
+def resolve_decision(checkpoint: Decision, options: ScanOptions) -> Decision:
+    """The threshold and band this scan applies. A calibrated band belongs with the calibrated threshold:
+    `--threshold T` alone asks for a plain cut at T; `--uncertain` (or `off`, given as ()) overrides both."""
+    threshold = checkpoint.threshold if options.threshold is None else options.threshold
+    if options.uncertain is not None:
+        band = options.uncertain or None
+    else:
+        band = checkpoint.uncertain if options.threshold is None else None
+    return Decision(threshold, band, checkpoint.calibration)
+
+
 def scan_records(
     detector: Detector,
     files: list[str],
@@ -40,14 +51,8 @@ def scan_records(
     """Yield one record per file in `files` order; non-images found by walking are counted, not yielded."""
     from causalclip_cli.data import make_loader
 
-    decision: Decision = detector.decision
-    threshold = decision.threshold if options.threshold is None else options.threshold
-    # () means "no band" all the way down (Decision.label reads None as "the checkpoint's").
-    if options.uncertain is not None:
-        band = options.uncertain
-    else:
-        # A calibrated band belongs with the calibrated threshold; `--threshold T` asks for a plain cut at T.
-        band = (decision.uncertain or ()) if options.threshold is None else ()
+    decision = resolve_decision(detector.decision, options)
+    threshold = decision.threshold
     model = detector.model_id
     pin = detector.device.startswith("cuda")
     loader = make_loader(files, detector.preprocess, options.batch_size, options.workers, pin_memory=pin,
@@ -62,7 +67,7 @@ def scan_records(
                 continue
             if j in by_item:
                 p = float(by_item[j])
-                rec = ScanRecord(item["path"], p, decision.label(p, threshold, band), threshold, model,
+                rec = ScanRecord(item["path"], p, decision.label(p), threshold, model,
                                  item.get("width"), item.get("height"), None)
             else:
                 rec = ScanRecord(item["path"], None, None, threshold, model, item.get("width"),

@@ -42,3 +42,25 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
     save_checkpoint(path, head, meta)
     return path
+
+
+@pytest.fixture
+def local_hub_tag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Register open_clip pretrained tag `tag` for `model` with weights in a local Hugging Face cache:
+    open_clip's download path, pointed at local files. Returns a function (model, tag, weights) → None."""
+    import huggingface_hub.constants as hfc
+    import open_clip.pretrained as ocp
+
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(hfc, "HF_HUB_CACHE", str(hub))
+
+    def register(model: str, tag: str, weights: Path) -> None:
+        repo_dir = hub / f"models--local--{model}-{tag}"
+        snap = repo_dir / "snapshots" / ("0" * 40)
+        snap.mkdir(parents=True)
+        (snap / "open_clip_model.safetensors").write_bytes(weights.read_bytes())
+        (repo_dir / "refs").mkdir()
+        (repo_dir / "refs" / "main").write_text("0" * 40)
+        monkeypatch.setitem(ocp._PRETRAINED, model, {tag: {"hf_hub": f"local/{model}-{tag}/"}})
+
+    return register

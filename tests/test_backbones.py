@@ -75,21 +75,10 @@ def test_unresolvable_spec_lists_what_was_tried() -> None:
         locate(BackboneSpec("ViT-B-32", "no-such-tag"), allow_download=False)
 
 
-def test_open_clip_pretrained_tag_resolves_from_local_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                                                ) -> None:
+def test_open_clip_pretrained_tag_resolves_from_local_hub_cache(tmp_path: Path, local_hub_tag) -> None:
     """The download path, pointed at local files: a tag whose weights sit in the HF hub cache."""
-    import huggingface_hub.constants as hfc
-    import open_clip.pretrained as ocp
-
     weights = _tiny_weights(tmp_path)
-    repo = "causalclip-test/tiny"
-    snap = tmp_path / "hub" / "models--causalclip-test--tiny" / "snapshots" / ("0" * 40)
-    snap.mkdir(parents=True)
-    (snap / "open_clip_model.safetensors").write_bytes(weights.read_bytes())
-    (tmp_path / "hub" / "models--causalclip-test--tiny" / "refs").mkdir()
-    (tmp_path / "hub" / "models--causalclip-test--tiny" / "refs" / "main").write_text("0" * 40)
-    monkeypatch.setattr(hfc, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setitem(ocp._PRETRAINED, TINY, {"localtest": {"hf_hub": f"{repo}/"}})
+    local_hub_tag(TINY, "localtest", weights)
 
     info = locate(BackboneSpec(TINY, "localtest"), allow_download=False)
     assert info.source == SOURCE_OPEN_CLIP

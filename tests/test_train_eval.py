@@ -244,24 +244,17 @@ def test_real_train_and_eval_round_on_cifake(shared_data: Path, tmp_path: Path) 
 
 
 def test_paper_setting_commands_with_a_local_stand_in_for_vit_l14(shared_data: Path, tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                   local_hub_tag) -> None:
     """README's ViT-L/14 recipe, run as written but with a tiny config registered under a pretrained tag
     whose weights sit in a local Hugging Face cache: open_clip's download path, with no network."""
-    import huggingface_hub.constants as hfc
-    import open_clip.pretrained as ocp
     from safetensors.torch import save_file
 
     from causalclip_cli.backbones import BackboneSpec, load_backbone
 
     tower = load_backbone(BackboneSpec("causalclip-tiny", "none"), seed=7).tower
-    repo_dir = tmp_path / "hub" / "models--local--stand-in"
-    snap = repo_dir / "snapshots" / ("0" * 40)
-    snap.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in tower.state_dict().items()}, str(snap / "open_clip_model.safetensors"))
-    (repo_dir / "refs").mkdir()
-    (repo_dir / "refs" / "main").write_text("0" * 40)
-    monkeypatch.setattr(hfc, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setitem(ocp._PRETRAINED, "causalclip-tiny", {"openai": {"hf_hub": "local/stand-in/"}})
+    weights = tmp_path / "stand-in.safetensors"
+    save_file({k: v.contiguous() for k, v in tower.state_dict().items()}, str(weights))
+    local_hub_tag("causalclip-tiny", "openai", weights)
 
     root = tmp_path / "GenImage"
     mg = shared_data / "multigen-2022"
