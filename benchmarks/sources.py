@@ -15,6 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 GAN_FAMILY = "gan"
 DIFFUSION_FAMILY = "diffusion"
+MODERN_FAMILY = "modern"
+FACES_FAMILY = "faces"
 # Images per class per source. ViT-B/16 embeds ~2.5 images/s on this 2-core CPU, so the larger sources
 # are subsampled (seeded, per class) to keep a full extraction near 20 minutes: 3,272 of ~8,000 images.
 CAP_PER_CLASS = {"cifake/train": 250, "cifake/test": 125}
@@ -96,3 +98,89 @@ def source_groups(sources: list[Source]) -> list[str]:
 if __name__ == "__main__":
     srcs = load_sources()
     print(f"{len(srcs)} sources, {sum(len(s.y) for s in srcs)} images embedded")
+
+
+# --------------------------------------------------------------------------- issue 10: views, layers, modern data
+
+
+def modern_samples(data: Path = DATA) -> list[tuple[str, str, list]]:
+    """modern-2025 (six 2024–2026 generators) and faces-2025 (StyleGAN3), uncapped."""
+    from causalclip_cli.datasets import discover_dataset
+
+    out = []
+    md = discover_dataset(data / "modern-2025")
+    for g in md.generators():
+        out.append((f"modern/{g}", MODERN_FAMILY, [s for s in md.samples if s.generator == g]))
+    fc = discover_dataset(data / "faces-2025")
+    out.append(("faces/stylegan3", FACES_FAMILY, list(fc.samples)))
+    return out
+
+
+def all_groups(data: Path = DATA) -> dict[str, list[tuple[str, str, list]]]:
+    mod = modern_samples(data)
+    return {"old": _samples(data), "modern": [m for m in mod if m[1] == MODERN_FAMILY],
+            "faces": [m for m in mod if m[1] == FACES_FAMILY]}
+
+
+_BACKBONE = None
+
+
+def _backbone():
+    global _BACKBONE
+    if _BACKBONE is None:
+        from causalclip_cli.backbones import BackboneSpec, load_backbone
+
+        _BACKBONE = load_backbone(BackboneSpec(), allow_download=False)
+    return _BACKBONE
+
+
+def tiny_transform(side: int = 24):
+    """Content-only control: shrink to `side` px (long side) and back; the scene stays, traces go."""
+    from PIL import Image
+
+    from causalclip_cli.transforms import PixelTransform
+
+    def fn(im: Image.Image) -> Image.Image:
+        w, h = im.size
+        s = side / max(w, h)
+        small = im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.BILINEAR)
+        return small.resize((w, h), Image.Resampling.BILINEAR)
+
+    return PixelTransform(f"tiny{side}", fn)
+
+
+def variant_setup(variant: str, views: int, layers: tuple[int, ...], transform: str | None = None):
+    """(preprocess, cache backbone id, pixel transform) of one feature variant — the cache's key parts."""
+    from causalclip_cli.taps import FeatureSpec
+    from causalclip_cli.transforms import compose, degrade
+
+    bb = _backbone()
+    mode = "native" if variant == "native" else "resize"
+    pre = bb.preprocess.with_views(mode, views)
+    tfs = []
+    if variant == "tiny":
+        tfs.append(tiny_transform())
+    if transform and transform.startswith("degrade"):
+        tfs.append(degrade(int(transform[len("degrade"):])))
+    spec = FeatureSpec(layers=tuple(layers))
+    return pre, bb.info.id + (f"-{spec.key()}" if spec.key() else ""), compose(*tfs)
+
+
+def embed_variant(samples: list, variant: str, views: int, layers: tuple[int, ...], *, transform: str | None = None,
+                  batch_size: int = 8, workers: int = 1, label: str = "features"):
+    """Cached features [n, views, d] (views squeezed when 1 → [n, d]), labels, paths for one variant."""
+    import torch
+
+    from causalclip_cli.experiment import dataset_features
+    from causalclip_cli.taps import forward_layers
+
+    bb = _backbone()
+    pre, bid, tf = variant_setup(variant, views, layers, transform)
+
+    def embed(px: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return forward_layers(bb.tower, px, layers).float()
+
+    fs = dataset_features(samples, embed, pre, bid, cache_dir=None, transform=tf, batch_size=batch_size,
+                          workers=workers, label=label)
+    return fs.x, fs.y, fs.paths

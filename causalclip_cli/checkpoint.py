@@ -21,11 +21,13 @@ from causalclip_cli.errors import CheckpointError
 from causalclip_cli.settings import weights_dir
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from causalclip_cli.backbones import Backbone
     from causalclip_cli.heads import Head
     from causalclip_cli.preprocess import Preprocess
+    from causalclip_cli.taps import FeatureSpec
 
 FORMAT_VERSION = 1
 METADATA_KEY = "causalclip"
@@ -60,14 +62,19 @@ class Decision:
 
 
 def build_metadata(head: Head, backbone_info: dict, decision: Decision | None = None,
-                   training: dict | None = None) -> dict:
+                   training: dict | None = None, *, preprocess: dict | None = None,
+                   features: dict | None = None, scaling: dict | None = None) -> dict:
+    """`preprocess`: the recipe the head was trained with (default: the backbone's); `features`: a
+    taps.FeatureSpec dict (default: final embedding only); `scaling`: logit → probability map."""
     from causalclip_cli.heads import head_config_dict
 
     return {
         "format_version": FORMAT_VERSION,
         "head": {"kind": head.kind, "embed_dim": head.embed_dim, "config": head_config_dict(head)},
         "backbone": backbone_info,
-        "preprocess": backbone_info.get("preprocess", {}),
+        "preprocess": preprocess or backbone_info.get("preprocess", {}),
+        "features": features or {"layers": [0], "aggregate": "mean"},
+        "scaling": scaling or {"method": "none", "a": 1.0, "b": 0.0},
         "decision": (decision or Decision()).to_dict(),
         "labels": LABELS,
         "training": training or {},
@@ -191,28 +198,74 @@ class Detector:
 
     @property
     def model_id(self) -> str:
-        return f"{self.path.stem}:{self.head.kind}:{self.backbone.info.config}"
+        views = self.preprocess.views
+        return f"{self.path.stem}:{self.head.kind}:{self.backbone.info.config}" + (f":{views}crops" if views > 1
+                                                                                  else "")
+
+    @property
+    def features(self) -> FeatureSpec:
+        from causalclip_cli.taps import FeatureSpec
+
+        return FeatureSpec.from_dict(self.metadata.get("features"))
+
+    @property
+    def cache_id(self) -> str:
+        """Feature-cache namespace: the backbone's id, plus the layer choice when it is not the default."""
+        key = self.features.key()
+        return self.backbone.info.id + (f"-{key}" if key else "")
+
+    @property
+    def scaling(self) -> tuple[float, float]:
+        s = self.metadata.get("scaling") or {}
+        return float(s.get("a", 1.0)), float(s.get("b", 0.0))
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixel rows (one per view) → the feature rows the head reads."""
         import torch
+
+        from causalclip_cli.taps import forward_layers
 
         use_amp = self.device.startswith("cuda")
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-            return self.backbone.tower(pixels.to(self.device, non_blocking=True)).float()
+            return forward_layers(self.backbone.tower, pixels.to(self.device, non_blocking=True),
+                                  self.features.layers).float()
 
-    def probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
+    def logits(self, features: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Features [n, d] or [n, views, d] → one aggregated head logit per image (before scaling)."""
         import torch
 
-        feats = self.embed(pixels)
+        x = torch.as_tensor(features, dtype=torch.float32, device=self.device)
         with torch.inference_mode():
-            return torch.sigmoid(self.head(feats)).cpu()
+            if x.dim() == 2:
+                return self.head(x)
+            n, v, d = x.shape
+            per_view = self.head(x.reshape(n * v, d)).reshape(n, v)
+            return per_view.amax(1) if self.features.aggregate == "max" else per_view.mean(1)
+
+    def scores(self, features: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Features → fake probabilities on CPU: sigmoid(a · logit + b), the checkpoint's calibrated map."""
+        import torch
+
+        a, b = self.scaling
+        return torch.sigmoid(a * self.logits(features) + b).cpu()
+
+    def probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixel rows, `preprocess.views` consecutive rows per image → one probability per image."""
+        feats = self.embed(pixels)
+        views = self.preprocess.views
+        if views > 1:
+            feats = feats.reshape(-1, views, feats.shape[-1])
+        return self.scores(feats)
 
 
 def check_compatible(meta: dict, info: dict, source: str) -> None:
     """Errors when the head cannot run on this backbone; a warning when only the weights differ."""
     want = meta["backbone"]
     head_dim = int(meta["head"]["embed_dim"])
-    if int(info["embed_dim"]) != head_dim:
+    layers = (meta.get("features") or {}).get("layers", [0])
+    if list(layers) != [0]:
+        pass  # layer taps: the shape check happens after the tower is built (load_detector)
+    elif int(info["embed_dim"]) != head_dim:
         raise CheckpointError(
             f"{source}: head expects {head_dim}-dim features from {want.get('config')}, "
             f"but backbone {info['config']} gives {info['embed_dim']}",
@@ -243,4 +296,12 @@ def load_detector(checkpoint: str | None = None, *, device: str = "cpu", backbon
     info = locate(spec, allow_download=allow_download, cache_dir=cache_dir)
     check_compatible(meta, info.to_dict(), str(path))
     backbone = load_backbone(spec, allow_download=allow_download, cache_dir=cache_dir, device=device, info=info)
+    layers = (meta.get("features") or {}).get("layers", [0])
+    if list(layers) != [0]:
+        from causalclip_cli.taps import tower_shape
+
+        shape = tower_shape(backbone.tower)
+        if max(layers) > shape.depth or sum(shape.dims(layers)) != int(meta["head"]["embed_dim"]):
+            raise CheckpointError(f"{path}: head reads layers {layers} ({meta['head']['embed_dim']} features), "
+                                  f"which backbone {info.config} ({shape.depth} blocks) cannot provide")
     return Detector(backbone=backbone, head=head, metadata=meta, path=path, device=device)

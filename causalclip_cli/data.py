@@ -485,7 +485,7 @@ def _decode_open(fp: BinaryIO, fmt: str, min_size: int | None) -> Decoded:
 class ScanDataset(Dataset):
     """Map-style dataset over files; `__getitem__` never raises, failures become error items.
 
-    Item: {index, path, tensor (float32 CHW or None), width, height, format, error, skipped}.
+    Item: {index, path, tensor (float32 [views, C, H, W] or None), width, height, format, error, skipped}.
     `skipped` is True for non-image content of a file not in `explicit` (i.e. found in a folder).
     """
 
@@ -513,10 +513,10 @@ class ScanDataset(Dataset):
             "skipped": False,
         }
         try:
-            dec = decode_image(path, min_size=self.preprocess.size)
+            dec = decode_image(path, min_size=self.preprocess.decode_min_size)
             item.update(width=dec.width, height=dec.height, format=dec.format)
             image = dec.image if self.pixel_transform is None else self.pixel_transform(dec.image)
-            item["tensor"] = torch.from_numpy(self.preprocess.to_array(image))
+            item["tensor"] = torch.from_numpy(self.preprocess.to_views(image))
         except NotAnImage as exc:
             item["error"] = str(exc)
             item["skipped"] = path not in self.explicit
@@ -529,11 +529,12 @@ class ScanDataset(Dataset):
 
 @dataclass
 class ScanBatch:
-    """A collated batch: `tensor` rows correspond to `items[j]` for j in `good`, in order."""
+    """A collated batch: `tensor` holds `views` consecutive rows for each `items[j]`, j in `good`, in order."""
 
     tensor: torch.Tensor | None
     items: list[dict[str, Any]]
     good: list[int]
+    views: int = 1
 
     def pin_memory(self) -> ScanBatch:
         """Called by DataLoader(pin_memory=True) on custom batch types."""
@@ -553,7 +554,8 @@ def collate_scan(items: list[dict[str, Any]]) -> ScanBatch:
             tensors.append(it["tensor"])
             good.append(j)
         meta.append({k: v for k, v in it.items() if k != "tensor"})
-    return ScanBatch(tensor=torch.stack(tensors) if tensors else None, items=meta, good=good)
+    views = tensors[0].shape[0] if tensors else 1
+    return ScanBatch(tensor=torch.cat(tensors) if tensors else None, items=meta, good=good, views=views)
 
 
 def make_loader(

@@ -227,15 +227,12 @@ def _pick_split(ds, split: str | None) -> tuple[str, list]:  # noqa: ANN001
 
 
 def _detector_features(det, samples, req, transform=None) -> FeatureSet:  # noqa: ANN001
-    return dataset_features(samples, det.embed, det.preprocess, det.backbone.info.id, cache_dir=req.cache_dir,
+    return dataset_features(samples, det.embed, det.preprocess, det.cache_id, cache_dir=req.cache_dir,
                             transform=transform, batch_size=req.batch_size, workers=req.workers)
 
 
 def _probs(det, x: np.ndarray) -> np.ndarray:  # noqa: ANN001
-    import torch
-
-    with torch.inference_mode():
-        return torch.sigmoid(det.head(torch.as_tensor(x, device=det.device))).cpu().numpy()
+    return det.scores(x).numpy()
 
 
 def run_eval(req: EvalRequest) -> dict:

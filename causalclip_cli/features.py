@@ -126,8 +126,15 @@ def extract_features(
     """Embeddings for `paths`: cached ones are read, the rest decoded, embedded and cached.
 
     `embed` maps a pixel batch tensor to an embedding tensor (e.g. Detector.embed or the tower).
+    With a multi-view recipe (`preprocess.views` = V > 1) every image yields V rows, cached under
+    `<sha256>#<view>`, and `features` is [n_ok, V, d].
     """
     from causalclip_cli.data import make_loader
+
+    views = int(getattr(preprocess, "views", 1))
+
+    def vkeys(key: str) -> list[str]:
+        return [key] if views == 1 else [f"{key}#{v}" for v in range(views)]
 
     keys: list[str | None] = []
     failed: list[tuple[str, str]] = []
@@ -137,7 +144,8 @@ def extract_features(
         except OSError as exc:
             keys.append(None)
             failed.append((p, exc.strerror or str(exc)))
-    todo = [i for i, k in enumerate(keys) if k is not None and (cache is None or k not in cache)]
+    todo = [i for i, k in enumerate(keys)
+            if k is not None and (cache is None or any(vk not in cache for vk in vkeys(k)))]
     cached = sum(1 for k in keys if k is not None) - len(todo)
     fresh: dict[int, np.ndarray] = {}
     done = cached
@@ -151,11 +159,12 @@ def extract_features(
             for batch in loader:
                 if batch.tensor is not None:
                     emb = embed(batch.tensor).detach().cpu().numpy().astype(np.float32)
+                    emb = emb.reshape(len(batch.good), views, -1)
                     rows = [todo[batch.items[j]["index"]] for j in batch.good]
                     for r, e in zip(rows, emb, strict=True):
                         fresh[r] = e
                     if cache is not None:
-                        cache.add([keys[r] for r in rows], emb)
+                        cache.add([vk for r in rows for vk in vkeys(keys[r])], emb.reshape(-1, emb.shape[-1]))
                 for item in batch.items:
                     if item["error"] is not None:
                         failed.append((item["path"], item["error"]))
@@ -170,8 +179,10 @@ def extract_features(
         if i in fresh:
             ok.append(i)
             rows.append(fresh[i])
-        elif k is not None and cache is not None and k in cache:
+        elif k is not None and cache is not None and all(vk in cache for vk in vkeys(k)):
             ok.append(i)
-            rows.append(cache.get(k))
-    feats = np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+            rows.append(np.stack([cache.get(vk) for vk in vkeys(k)]))
+    feats = np.stack(rows) if rows else np.zeros((0, views, 0), dtype=np.float32)
+    if views == 1:
+        feats = feats[:, 0]
     return Extraction(features=feats, ok=ok, failed=failed, computed=len(fresh), cached=cached)

@@ -32,26 +32,69 @@ class CausalConfig:
     lambda2: float = 1.0  # HSIC(Zc, Znc)
     drop_p: float = 0.2  # Bernoulli rate of counterfactual drops
     dropout: float = 0.1
+    # Feature layout (taps.FeatureSpec): sizes of the concatenated layer features, () = one segment, and how
+    # they are combined before the mask: "concat" (each normalised alone) or "weighted" (a learned weight each).
+    segments: tuple[int, ...] = ()
+    combine: str = "concat"
 
     @classmethod
     def from_dict(cls, d: dict) -> CausalConfig:
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        kw = {k: v for k, v in d.items() if k in names}
+        if "segments" in kw:
+            kw["segments"] = tuple(int(v) for v in kw["segments"])
+        return cls(**kw)
 
 
 @dataclass
 class LinearConfig:
     """The UniversalFakeDetect-style baseline: one linear layer on the normalised embedding."""
 
+    segments: tuple[int, ...] = ()
+    combine: str = "concat"
+
     @classmethod
     def from_dict(cls, d: dict) -> LinearConfig:
-        return cls()
+        return cls(segments=tuple(int(v) for v in d.get("segments", ())), combine=d.get("combine", "concat"))
 
 
-def normalize_features(e: torch.Tensor) -> torch.Tensor:
-    # CLIP embedding norms vary with content; the direction carries the signal. Scaling by sqrt(d)
-    # keeps per-dimension values near unit size whatever the backbone's width.
-    return F.normalize(e.float(), dim=-1) * (e.shape[-1] ** 0.5)
+COMBINES = ("concat", "weighted")
+
+
+def normalize_features(e: torch.Tensor, segments: tuple[int, ...] = ()) -> torch.Tensor:
+    # CLIP embedding norms vary with content (and from block to block); the direction carries the signal.
+    # Scaling by sqrt(d) keeps per-dimension values near unit size whatever the width.
+    e = e.float()
+    if len(segments) <= 1:
+        return F.normalize(e, dim=-1) * (e.shape[-1] ** 0.5)
+    parts = torch.split(e, list(segments), dim=-1)
+    return torch.cat([F.normalize(p, dim=-1) * (p.shape[-1] ** 0.5) for p in parts], dim=-1)
+
+
+class SegmentInput(nn.Module):
+    """Per-layer normalisation, optionally with learned per-layer weights (softplus, 1 at start)."""
+
+    def __init__(self, embed_dim: int, segments: tuple[int, ...], combine: str) -> None:
+        super().__init__()
+        if combine not in COMBINES:
+            raise ValueError(f"combine must be one of {COMBINES}, not {combine!r}")
+        if segments and sum(segments) != embed_dim:
+            raise ValueError(f"segments {list(segments)} do not add up to the feature size {embed_dim}")
+        self.segments = tuple(segments)
+        self.weighted = combine == "weighted" and len(self.segments) > 1
+        if self.weighted:
+            # softplus(0.5413) = 1.0: training starts from the plain concatenation.
+            self.layer_logits = nn.Parameter(torch.full((len(self.segments),), 0.5413))
+
+    def layer_weights(self) -> torch.Tensor | None:
+        return F.softplus(self.layer_logits) if self.weighted else None
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        z = normalize_features(e, self.segments)
+        if self.weighted:
+            w = torch.repeat_interleave(self.layer_weights(), torch.tensor(self.segments, device=z.device))
+            z = z * w
+        return z
 
 
 class _GradReverse(torch.autograd.Function):
@@ -138,6 +181,7 @@ class CausalHead(nn.Module):
         self.embed_dim = embed_dim
         self.config = config or CausalConfig()
         c = self.config
+        self.inputs = SegmentInput(embed_dim, c.segments, c.combine)
         self.mask_net = _mlp(embed_dim, c.mask_hidden, embed_dim, 0.0)
         self.classifier = _mlp(embed_dim, c.cls_hidden, 1, c.dropout)
         self.adversary = _mlp(embed_dim, c.adv_hidden, 1, c.dropout)
@@ -147,7 +191,7 @@ class CausalHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Raw embeddings → fake logits (N,). Deterministic in eval mode."""
-        e = normalize_features(features)
+        e = self.inputs(features)
         return self.classifier(self.mask(e) * e).squeeze(-1)
 
     def losses(self, features: torch.Tensor, labels: torch.Tensor,
@@ -155,7 +199,7 @@ class CausalHead(nn.Module):
         """All loss terms for one batch; `total` is what the optimiser minimises."""
         c = self.config
         y = labels.float()
-        e = normalize_features(features)
+        e = self.inputs(features)
         m = self.mask(e, generator)
         zc, znc = m * e, (1.0 - m) * e
         logits = self.classifier(zc).squeeze(-1)
@@ -180,10 +224,11 @@ class LinearHead(nn.Module):
         super().__init__()
         self.embed_dim = embed_dim
         self.config = config or LinearConfig()
+        self.inputs = SegmentInput(embed_dim, self.config.segments, self.config.combine)
         self.fc = nn.Linear(embed_dim, 1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.fc(normalize_features(features)).squeeze(-1)
+        return self.fc(self.inputs(features)).squeeze(-1)
 
     def losses(self, features: torch.Tensor, labels: torch.Tensor,
                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
@@ -206,4 +251,6 @@ def make_head(kind: str, embed_dim: int, config: dict | None = None) -> Head:
 
 
 def head_config_dict(head: Head) -> dict:
-    return asdict(head.config)
+    d = asdict(head.config)
+    d["segments"] = list(d.get("segments", ()))
+    return d

@@ -107,12 +107,16 @@ def train_head(
     on_epoch: EpochCallback | None = None,
 ) -> TrainResult:
     """Train a head. With `resume_from` (the output path) the state is saved after every epoch to a
-    `.resume` file beside it, and, when `resume` is true, an existing one is continued."""
+    `.resume` file beside it, and, when `resume` is true, an existing one is continued.
+
+    `x_train` is [n, d], or [n, a, d] for `a` alternative views of each image (the clean one and cached
+    augmented ones): every epoch draws one of them per image, so augmentation varies from epoch to epoch
+    while the backbone never runs again."""
     cfg = cfg or TrainConfig()
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     dev = torch.device(cfg.device)
-    head = make_head(kind, x_train.shape[1], head_config).to(dev)
+    head = make_head(kind, x_train.shape[-1], head_config).to(dev)
     opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     xt = torch.as_tensor(x_train, dtype=torch.float32, device=dev)
     yt = torch.as_tensor(y_train, dtype=torch.float32, device=dev)
@@ -138,13 +142,18 @@ def train_head(
     for epoch in range(start, cfg.epochs + 1):
         head.train()
         order = torch.randperm(len(xt), generator=gen).to(dev)
+        if xt.dim() == 3:
+            pick = torch.randint(xt.shape[1], (len(xt),), generator=gen).to(dev)
+            xe = xt[torch.arange(len(xt), device=dev), pick]
+        else:
+            xe = xt
         sums: dict[str, float] = {}
         steps = 0
         for i in range(0, len(order), cfg.batch_size):
             idx = order[i:i + cfg.batch_size]
             if len(idx) < 2:  # HSIC and batch statistics need at least two samples
                 continue
-            losses = head.losses(xt[idx], yt[idx], generator=noise)
+            losses = head.losses(xe[idx], yt[idx], generator=noise)
             opt.zero_grad(set_to_none=True)
             losses["total"].backward()
             opt.step()

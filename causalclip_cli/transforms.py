@@ -105,3 +105,39 @@ def compose(*ts: PixelTransform | None) -> PixelTransform | None:
         return im
 
     return PixelTransform("+".join(t.name for t in ts), fn)
+
+
+def _content_seed(im: Image.Image, salt: str) -> int:
+    """A seed from the pixels themselves, so an augmented view is the same on every machine and run."""
+    import hashlib
+
+    thumb = im.convert("RGB").resize((16, 16), Image.Resampling.BILINEAR).tobytes()
+    return int.from_bytes(hashlib.sha256(salt.encode() + thumb + repr(im.size).encode()).digest()[:8], "big")
+
+
+def degrade(view: int) -> PixelTransform:
+    """Augmented view `view` (1, 2, …) of an image: what images go through on their way to an analyst —
+    a crop (p .3, 80–100% of each side), a downscale (p .5, 0.5–1.0), mild blur (p .3, σ 0.2–1.0) and JPEG
+    re-encoding (p .7, quality 60–95), drawn from a seed of the image content and the view number."""
+    if view < 1:
+        raise UsageError(f"augmented view numbers start at 1, not {view}")
+
+    def fn(im: Image.Image) -> Image.Image:
+        rng = random.Random(_content_seed(im, f"degrade-{view}"))
+        im = im.convert("RGB")
+        w, h = im.size
+        if rng.random() < 0.3:
+            cw, ch = max(1, round(w * rng.uniform(0.8, 1.0))), max(1, round(h * rng.uniform(0.8, 1.0)))
+            x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+            im = im.crop((x, y, x + cw, y + ch))
+        if rng.random() < 0.5:
+            f = rng.uniform(0.5, 1.0)
+            w, h = im.size
+            im = im.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BICUBIC)
+        if rng.random() < 0.3:
+            im = im.filter(ImageFilter.GaussianBlur(rng.uniform(0.2, 1.0)))
+        if rng.random() < 0.7:
+            im = _jpeg(im, rng.randint(60, 95))
+        return im
+
+    return PixelTransform(f"degrade{view}", fn)

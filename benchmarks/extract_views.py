@@ -1,0 +1,57 @@
+"""Embed the dev data under every preprocessing variant the quality protocols compare (issue 10).
+
+One forward pass per view returns the final projection and the class token of all 12 blocks
+(layers 0..12, 9,728 floats), so the layer choice is made later by slicing cached features. Variants:
+
+  resize   today's recipe (short side → 224, centre crop), 1 view
+  native   no downscale; centre crop (256-px thumbnails) or centre + 4 corners (modern-2025, ≤ 768 px)
+  tiny     content-only control: downscaled to 24 px and back before the resize recipe, which keeps the
+           scene and loses every pixel-level trace (run on modern-2025 and faces-2025)
+
+    python benchmarks/extract_views.py [--only modern faces old tiny]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sources import DATA, all_groups  # noqa: E402
+
+ALL_LAYERS = tuple(range(13))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="+", default=["modern", "faces", "old", "tiny"])
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=1)
+    args = ap.parse_args()
+    from sources import embed_variant
+
+    t0 = time.time()
+    plan = []
+    groups = all_groups(DATA)
+    for what in args.only:
+        if what == "modern":
+            plan += [(g, "resize", 1) for g in groups["modern"]] + [(g, "native", 5) for g in groups["modern"]]
+        elif what == "faces":
+            plan += [(g, "resize", 1) for g in groups["faces"]] + [(g, "native", 1) for g in groups["faces"]]
+        elif what == "old":
+            plan += [(g, "native", 1) for g in groups["old"]]
+        elif what == "tiny":
+            plan += [(g, "tiny", 1) for g in groups["modern"] + groups["faces"]]
+    for (name, family, samples), variant, views in plan:
+        t = time.time()
+        x, _, _ = embed_variant(samples, variant, views, ALL_LAYERS, batch_size=args.batch_size,
+                                workers=args.workers, label=f"{name} {variant}x{views}")
+        print(f"{name:32s} {variant}x{views}: {len(x)} images {x.shape} in {time.time() - t:.0f} s "
+              f"(total {time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,292 @@
+"""Quality on today's generators (issue 10): protocols D and E, with the levers as options.
+
+  D  old → new: train on the 21 sources of 2017–2022, test on each modern-2025 generator and on
+     faces-2025 (its FFHQ-matched 30 reals vs all StyleGAN3 fakes reported apart), the photoreal subset
+     (benchmarks/subsets/photoreal-modern.txt: photoreal fakes vs every camera photo) and a content-only
+     control (the same head on 24-px-and-back images: scene kept, traces gone);
+  E  leave one modern generator out: train on everything else (old + other modern + faces), test on the
+     one held out. flux.1-dev and qwen-image render the same 10 prompts and the Kontext edits are
+     near-duplicates (benchmarks/subsets/yetter-prompt-groups.csv), so when one yetter source is held
+     out the other two leave training as well; faces are held out as a seventh unit.
+
+Feature variants come from the cache filled by benchmarks/extract_views.py (layers 0..12 in one pass;
+`layers` below slices them). Every configuration is trained with the same seeds; the released head of the
+previous round (resize recipe, final embedding) is scored on the same test sets for reference.
+
+    python benchmarks/quality_modern.py [--configs final all ...] [--methods causalclip linear] [--seeds 0 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from quality import BENCH_CAUSAL, BENCH_TRAIN, _holdout, _size_format_features  # noqa: E402
+from sources import DATA, all_groups, embed_variant  # noqa: E402
+
+from causalclip_cli.metrics import binary_metrics  # noqa: E402
+from causalclip_cli.training import TrainConfig, train_head  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+ALL = tuple(range(13))
+YETTER = {"modern/flux.1-dev", "modern/qwen-image", "modern/flux.1-kontext-edit"}
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    layers: tuple[int, ...] = (0,)
+    combine: str = "concat"
+    aug: int = 0  # cached augmented views per training image (0, 1 or 2; old sources have 1)
+    views: int = 1  # crops at test time (modern-2025 only; 256-px sets have one native crop)
+    variant: str = "native"
+
+
+CONFIGS = {c.name: c for c in [
+    Config("resize-final", (0,), variant="resize"),
+    Config("final", (0,)),
+    Config("final-5crops", (0,), views=5),
+    Config("all", ALL),
+    Config("all-weighted", ALL, combine="weighted"),
+    Config("late", (0, 8, 9, 10, 11, 12)),
+    Config("mid", (0, 4, 6, 8, 10, 12)),
+    Config("mid-aug", (0, 4, 6, 8, 10, 12), aug=2),
+    Config("mid-5crops", (0, 4, 6, 8, 10, 12), views=5),
+    Config("mid-aug-5crops", (0, 4, 6, 8, 10, 12), aug=2, views=5),
+    Config("all-aug", ALL, aug=2),
+    Config("all-aug-5crops", ALL, aug=2, views=5),
+]}
+
+
+@dataclass
+class Src:
+    name: str
+    family: str
+    y: np.ndarray
+    paths: list[str]
+    feats: dict  # variant key → [n, (views,) 9728]
+
+
+def _rel(p: str) -> str:
+    return str(Path(p).resolve().relative_to(DATA.resolve()))
+
+
+def load_all() -> list[Src]:
+    out = []
+    groups = all_groups(DATA)
+    for grp in ("old", "modern", "faces"):
+        for name, family, samples in groups[grp]:
+            f = {}
+            x, y, paths = embed_variant(samples, "native", 1, ALL, label=name)
+            f["native"] = x
+            f["aug1"] = embed_variant(samples, "native", 1, ALL, transform="degrade1", label=name)[0]
+            if grp != "old":
+                f["aug2"] = embed_variant(samples, "native", 1, ALL, transform="degrade2", label=name)[0]
+                f["resize"] = embed_variant(samples, "resize", 1, ALL, label=name)[0]
+                f["tiny"] = embed_variant(samples, "tiny", 1, ALL, label=name)[0]
+            if grp == "modern":
+                f["native5"] = embed_variant(samples, "native", 5, ALL, label=name)[0]
+            out.append(Src(name, family, y, paths, f))
+            print(f"{name}: {len(y)}", file=sys.stderr)
+    return out
+
+
+def _cols(x: np.ndarray, layers: tuple[int, ...]) -> np.ndarray:
+    offs = [(0, 512)] + [(512 + 768 * (k - 1), 512 + 768 * k) for k in range(1, 13)]
+    return np.concatenate([x[..., offs[k][0]:offs[k][1]] for k in layers], axis=-1)
+
+
+def _segments(layers: tuple[int, ...]) -> list[int]:
+    return [512 if k == 0 else 768 for k in layers]
+
+
+def train_x(s: Src, cfg: Config) -> np.ndarray:
+    """[n, a, d]: the clean view and up to cfg.aug augmented views (sources with fewer repeat theirs)."""
+    base = s.feats["resize" if cfg.variant == "resize" else "native"]
+    if cfg.variant == "resize" and "resize" not in s.feats:
+        raise KeyError("resize features exist for modern/faces only")
+    alts = [base] + [s.feats.get(f"aug{k}", s.feats["aug1"]) for k in range(1, cfg.aug + 1)]
+    return _cols(np.stack(alts, axis=1), cfg.layers)
+
+
+def test_x(s: Src, cfg: Config, control: bool = False) -> np.ndarray:
+    if control:
+        return _cols(s.feats["tiny"], cfg.layers)
+    if cfg.variant == "resize":
+        return _cols(s.feats["resize"], cfg.layers)
+    if cfg.views == 5 and "native5" in s.feats:
+        return _cols(s.feats["native5"], cfg.layers)
+    return _cols(s.feats["native"], cfg.layers)
+
+
+def fit(method: str, cfg: Config, train: list[Src], seed: int):
+    """A trained head, returned as a scoring function features → probabilities (views aggregated)."""
+    import torch
+
+    x = np.concatenate([train_x(s, cfg) for s in train])
+    y = np.concatenate([s.y for s in train])
+    tr, va = _holdout(y, seed)
+    hc = {**(BENCH_CAUSAL if method == "causalclip" else {}), "segments": _segments(cfg.layers),
+          "combine": cfg.combine}
+    tcfg = TrainConfig(**{**asdict(BENCH_TRAIN), "seed": seed})
+    xt = x[tr] if cfg.aug else x[tr][:, 0]
+    res = train_head(method, hc, xt, y[tr], x[va][:, 0], y[va], tcfg)
+    head = res.head.eval()
+
+    def score(xs: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            t = torch.as_tensor(xs, dtype=torch.float32)
+            if t.dim() == 3:
+                n, v, d = t.shape
+                logit = head(t.reshape(n * v, d)).reshape(n, v).mean(1)
+            else:
+                logit = head(t)
+            return torch.sigmoid(logit).numpy()
+
+    return score
+
+
+def _subsets() -> tuple[set[str], set[str]]:
+    photoreal = {ln.strip() for ln in (HERE / "subsets" / "photoreal-modern.txt").read_text().splitlines() if ln.strip()}
+    ffhq = {ln.strip() for ln in (HERE / "subsets" / "ffhq-real.txt").read_text().splitlines() if ln.strip()}
+    return photoreal, ffhq
+
+
+def _m(y: np.ndarray, p: np.ndarray) -> dict:
+    m = binary_metrics(y, p, 0.5)
+    return {k: m[k] for k in ("ap", "auc", "accuracy", "tpr_at_fpr_5", "n", "n_real", "n_fake")}
+
+
+def evaluate(score, cfg: Config, tests: list[Src], all_modern: list[Src]) -> dict:
+    """Per test source, plus the derived sets (FFHQ pair, photoreal subset, content-only control)."""
+    photoreal, ffhq = _subsets()
+    out = {}
+    for s in tests:
+        p = score(test_x(s, cfg))
+        out[s.name] = _m(s.y, p)
+        if "tiny" in s.feats:
+            out[s.name]["control_ap"] = _m(s.y, score(test_x(s, cfg, control=True)))["ap"]
+        if s.name == "faces/stylegan3":
+            keep = np.array([(y == 1) or (_rel(pa) in ffhq) for y, pa in zip(s.y, s.paths, strict=True)])
+            out["faces/ffhq-pair"] = _m(s.y[keep], p[keep])
+        if s.family == "modern":
+            keep = np.array([(y == 0) or (_rel(pa) in photoreal) for y, pa in zip(s.y, s.paths, strict=True)])
+            if s.y[keep].sum() >= 3:
+                out[f"{s.name}:photoreal"] = _m(s.y[keep], p[keep])
+    # Photoreal fakes of the tested modern generators against every camera photo of those generators.
+    mods = [s for s in tests if s.family == "modern"]
+    if len(mods) > 1:
+        ys, ps = [], []
+        for s in mods:
+            p = score(test_x(s, cfg))
+            keep = np.array([(y == 0) or (_rel(pa) in photoreal) for y, pa in zip(s.y, s.paths, strict=True)])
+            ys.append(s.y[keep])
+            ps.append(p[keep])
+        out["photoreal-pooled"] = _m(np.concatenate(ys), np.concatenate(ps))
+    del all_modern
+    return out
+
+
+def protocol_folds(srcs: list[Src]) -> dict[str, list[tuple[list[Src], list[Src]]]]:
+    old = [s for s in srcs if s.family in ("gan", "diffusion")]
+    modern = [s for s in srcs if s.family == "modern"]
+    faces = [s for s in srcs if s.family == "faces"]
+    folds_e = []
+    for held in [*modern, *faces]:
+        drop = YETTER if held.name in YETTER else {held.name}
+        train = old + [s for s in modern + faces if s.name not in drop]
+        folds_e.append((train, [held]))
+    return {"D": [(old, modern + faces)], "E": folds_e}
+
+
+def released_reference(srcs: list[Src]) -> dict:
+    """The previous round's released heads (resize recipe, final embedding) on D's test sets."""
+    from safetensors import safe_open  # noqa: F401 - fail early if missing
+
+    from causalclip_cli.checkpoint import load_head
+
+    out = {}
+    for name in ("causalclip-vitb16", "linear-vitb16"):
+        head, _ = load_head(HERE.parent / "weights" / f"{name}.safetensors")
+        import torch
+
+        def score(xs: np.ndarray, head=head) -> np.ndarray:
+            with torch.inference_mode():
+                return torch.sigmoid(head(torch.as_tensor(xs, dtype=torch.float32))).numpy()
+
+        cfg = Config("released", (0,), variant="resize")
+        tests = [s for s in srcs if s.family in ("modern", "faces")]
+        out[name] = evaluate(score, cfg, tests, tests)
+    return out
+
+
+def size_format(srcs: list[Src]) -> dict:
+    """A control that sees only image size and format: how much of each protocol is a dataset artefact."""
+    from sklearn.linear_model import LogisticRegression
+
+    out = {}
+    for proto, folds in protocol_folds(srcs).items():
+        rows = {}
+        for train, tests in folds:
+            xs = np.concatenate([_size_format_features(s.paths) for s in train])
+            ys = np.concatenate([s.y for s in train])
+            clf = LogisticRegression(max_iter=1000).fit(xs, ys)
+            for t in tests:
+                rows[t.name] = _m(t.y, clf.predict_proba(_size_format_features(t.paths))[:, 1])
+        out[proto] = rows
+    return out
+
+
+def _mean(rows: dict, keys: list[str], field: str = "ap") -> float:
+    vals = [rows[k][field] for k in keys if k in rows and rows[k].get(field) is not None]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", nargs="+", default=["final", "all", "mid", "mid-aug"])
+    ap.add_argument("--methods", nargs="+", default=["causalclip", "linear"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--protocols", nargs="+", default=["D", "E"])
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "quality_modern.json")
+    args = ap.parse_args()
+    t0 = time.time()
+    srcs = load_all()
+    doc = json.loads(args.out.read_text()) if args.out.exists() else {"runs": {}}
+    doc["released"] = released_reference(srcs)
+    doc["size_format"] = size_format(srcs)
+    folds = protocol_folds(srcs)
+    for cname in args.configs:
+        cfg = CONFIGS[cname]
+        for method in args.methods:
+            for proto in args.protocols:
+                per_seed = []
+                for seed in args.seeds:
+                    t1 = time.time()
+                    rows = {}
+                    for train, tests in folds[proto]:
+                        score = fit(method, cfg, train, seed)
+                        rows.update(evaluate(score, cfg, tests, tests))
+                    per_seed.append(rows)
+                    gens = [k for k in rows if k.startswith(("modern/", "faces/stylegan3")) and ":" not in k]
+                    print(f"{proto} {cname:16s} {method:10s} seed {seed}: mean AP {_mean(rows, gens):.4f} "
+                          f"photoreal {rows.get('photoreal-pooled', {}).get('ap', float('nan')):.4f} "
+                          f"({time.time() - t1:.0f} s)", file=sys.stderr, flush=True)
+                doc["runs"][f"{proto}|{cname}|{method}"] = {"config": asdict(cfg), "seeds": args.seeds,
+                                                          "per_seed": per_seed}
+                args.out.write_text(json.dumps(doc, indent=1))
+    doc["seconds"] = round(time.time() - t0, 1)
+    args.out.write_text(json.dumps(doc, indent=1))
+
+
+if __name__ == "__main__":
+    main()
