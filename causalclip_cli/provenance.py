@@ -278,7 +278,7 @@ def summarise_c2pa(store: dict) -> dict[str, Any]:
         "digital_source_types": types,
         "actions": actions,
         "agents": agents,
-        "camera": " ".join(x for x in (make, model) if x) or None,
+        "camera": _camera_name({"make": make, "model": model}),
         "failures": failures,
         "warnings": warnings_,
         "says": says,

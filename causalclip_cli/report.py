@@ -158,7 +158,8 @@ def _summarise(records: list[dict], options: ReportOptions) -> dict[str, Any]:
         lab = _label(rec)
         counts[lab] = counts.get(lab, 0) + 1
         s = _says(rec)
-        says[s] = says.get(s, 0) + 1
+        if isinstance(rec.get("provenance"), dict):  # metadata read (not for unreadable files or --no-provenance)
+            says[s] = says.get(s, 0) + 1
         p = _prob(rec)
         if p is not None and lab != "error":
             hist[min(BINS - 1, max(0, int(p * BINS)))] += 1
