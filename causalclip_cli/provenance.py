@@ -7,7 +7,9 @@ Stable Diffusion tools write into PNGs, JPEG comments — summarised as a plain 
     says      "ai-generated" | "ai-edited" | "camera" | "unknown"
     evidence  short human strings, strongest first ("C2PA (valid, OpenAI): trainedAlgorithmicMedia")
     c2pa      None, or {state, trusted, signer, issuer, claim_generator, digital_source_types, actions,
-              failures, warnings}
+              agents, camera, failures, warnings}; state is "valid" (signature and content hashes verify),
+              "untrusted" (they verify, the signing certificate is expired or otherwise unacceptable) or
+              "invalid" (tampered, revoked or unreadable); trusted is None (no trust list is loaded)
     digital_source_type   the IPTC term found in XMP outside C2PA, or None
     exif      None, or {make, model, software, datetime}
     generator None, or {tool, model, source}: an image-generation tool named in the file's text metadata
@@ -228,9 +230,9 @@ def _manifest_chain(store: dict) -> list[tuple[dict, bool]]:
 
 def summarise_c2pa(store: dict) -> dict[str, Any]:
     """The c2pa part of a provenance record from a manifest store as c2pa's Reader.json() gives it."""
-    state, failures, warnings_, listed = _classify_failures(store.get("validation_results") or {})
-    if str(store.get("validation_state", "")).lower() == "trusted":
-        listed = True
+    state, failures, warnings_, _ = _classify_failures(store.get("validation_results") or {})
+    # Only c2pa's own "Trusted" verdict (which needs a configured trust list) says the signer is recognised.
+    trusted = True if str(store.get("validation_state", "")).lower() == "trusted" and state != "invalid" else None
     chain = _manifest_chain(store)
     active = chain[0][0] if chain else {}
     sig = active.get("signature_info") or {}
@@ -271,7 +273,7 @@ def summarise_c2pa(store: dict) -> dict[str, Any]:
         says = "unknown"
     return {
         "state": state,
-        "trusted": listed if listed else None,
+        "trusted": trusted,
         "signer": sig.get("issuer") or sig.get("common_name"),
         "issuer": sig.get("common_name"),
         "claim_generator": _claim_generator(active),
