@@ -337,8 +337,11 @@ _XMP_DST = re.compile(r"digitalsourcetype/(\w+)", re.I)
 _XMP_TOOL = re.compile(r"CreatorTool(?:>|=\")([^<\"]{1,80})")
 _LOADER_KEYS = ("ckpt_name", "unet_name", "model_name", "base_model", "model")
 _MODEL_EXT = re.compile(r"\.(safetensors|ckpt|pt|pth|gguf|sft|bin)$", re.I)
-_AI_SOFTWARE = re.compile(r"midjourney|dall[-·e ]*e|stable[ -]?diffusion|novelai|comfyui|automatic1111|"
-                          r"invokeai|fooocus|gpt-4o|chatgpt|imagen|ideogram|leonardo\.ai|nightcafe", re.I)
+_AI_SOFTWARE = re.compile(r"\b(midjourney|dall[-·]?e|stable[ -]?diffusion|novelai|comfyui|automatic1111|invokeai|"
+                          r"fooocus|gpt-4o|chatgpt|imagen|ideogram|leonardo\.ai|nightcafe)\b", re.I)
+# Keys of a generation-settings JSON; two or more of them (lower-cased) make a `parameters` chunk an SD tool's.
+_SD_KEYS = {"prompt", "negative_prompt", "negativeprompt", "steps", "sampler", "sampler_name", "cfg_scale",
+            "cfgscale", "seed", "scheduler", "guidance_scale"}
 
 
 def _model_name(value: object) -> str | None:
@@ -412,6 +415,8 @@ def _generator_from_text(info: dict, exif_comment: str | None) -> dict | None:
                 return {"tool": "SwarmUI", "model": _model_name(sui.get("model")), "source": "SwarmUI parameters"}
             model = js.get("base_model") or js.get("Base Model") or js.get("model")
             fooocus = "base_model" in js or "Base Model" in js or key == "fooocus_scheme"
+            if not fooocus and len(_SD_KEYS & {str(k).lower().replace(" ", "_") for k in js}) < 2:
+                continue  # some other program's settings, not an image generator's
             tool = "Fooocus" if fooocus else "unknown tool"
             return {"tool": tool, "model": _model_name(model), "source": f"{tool} parameters"}
         if isinstance(params, str) and _A1111_MARKERS.search(params):

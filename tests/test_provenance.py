@@ -188,6 +188,22 @@ def test_invokeai_and_novelai() -> None:
 def test_ordinary_png_text_is_not_ai() -> None:
     prov = _prov(_png(Title="holiday", parameters="brightness=3"), "png")
     assert prov["says"] == "unknown" and prov["generator"] is None
+    prov = _prov(_png(parameters=json.dumps({"brightness": 3, "prompt": "save as"})), "png")
+    assert prov["generator"] is None
+    sd = _prov(_png(parameters=json.dumps({"prompt": "a cat", "steps": 30, "seed": 4, "model": "x.ckpt"})), "png")
+    assert sd["generator"] == {"tool": "unknown tool", "model": "x", "source": "unknown tool parameters"}
+    fooocus = _prov(_png(fooocus_scheme="fooocus", parameters=json.dumps({"Base Model": "juggernautXL.safetensors"})),
+                    "png")
+    assert fooocus["generator"]["tool"] == "Fooocus" and fooocus["generator"]["model"] == "juggernautXL"
+
+
+def test_ai_software_names_need_whole_words() -> None:
+    exif = Image.Exif()
+    exif[305] = "Imagenomic Portraiture 3"
+    assert _prov(_jpeg(exif=exif), "jpeg")["says"] == "unknown"
+    exif[305] = "Midjourney v7"
+    prov = _prov(_jpeg(exif=exif), "jpeg")
+    assert prov["says"] == "ai-generated" and prov["evidence"] == ["EXIF: software Midjourney v7"]
 
 
 @pytest.mark.parametrize(("term", "says"), [("trainedAlgorithmicMedia", "ai-generated"),

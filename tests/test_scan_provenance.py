@@ -154,3 +154,22 @@ def test_real_bombs_are_still_refused(tmp_path: Path) -> None:
     png.write_bytes(_png_claiming(20000, 20000))  # 400 MP: PNG cannot decode at reduced scale
     with pytest.raises(ImageError, match="decompression bomb: 400000000 pixels exceeds limit"):
         decode_image(png, min_size=224)
+
+
+def test_c2pa_in_decode_worker_processes_and_html(shared_data: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """Two decode worker processes read the C2PA fixtures (the c2pa context is made per process), and
+    `scan --html` writes the report beside the normal output."""
+    src = shared_data / "provenance"
+    if not src.is_dir():
+        pytest.skip(f"{src} not present")
+    page = tmp_path / "report.html"
+    res = runner.invoke(app, ["scan", str(src), "-c", str(tiny_checkpoint), "--workers", "2", "--no-progress",
+                              "-f", "jsonl", "--threshold", "1.0", "--html", str(page)])
+    assert res.exit_code == 0, res.output
+    says = {Path(r["path"]).name: r["provenance"]["says"] for r in _jsonl(res.stdout)}
+    assert says == {"c2pa-adobe-test-CA.jpg": "unknown", "c2pa-adobe-test-bad-signature.jpg": "unknown",
+                    "c2pa-capture-nikon-z9.jpg": "camera", "c2pa-capture-pixel5.jpg": "camera",
+                    "c2pa-openai-gpt-4o.png": "ai-generated", "c2pa-trained-algorithmic-media.jpg": "ai-generated"}
+    html = page.read_text()
+    assert "C2PA (INVALID, C2PA Test Signing Cert): claimSignature.mismatch" in html
+    assert f"wrote {page}" in res.stderr
