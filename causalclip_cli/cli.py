@@ -270,6 +270,7 @@ def scan(
 
 
 @app.command()
+@_interruptible
 def report(
     results: Annotated[Path, typer.Argument(help="Results of a scan: JSONL, JSON or CSV.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write (atomic).")] = Path(
@@ -278,7 +279,7 @@ def report(
         min=0, help="Embed thumbnails for this many of the most suspicious files (read from their paths).")] = 200,
     title: Annotated[str, typer.Option(help="Page title.")] = "causalclip scan report",
 ) -> None:
-    """Write a self-contained HTML report (no network) from a scan's results: sortable, filterable, searchable."""
+    """Write a self-contained HTML report (no network) from a scan's results: sorted, filterable, searchable."""
     from causalclip_cli.report import ReportOptions, ReportStats, load_results, write_report
 
     stats = ReportStats()
