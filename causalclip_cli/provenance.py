@@ -9,7 +9,8 @@ Stable Diffusion tools write into PNGs, JPEG comments — summarised as a plain 
     c2pa      None, or {state, trusted, signer, issuer, claim_generator, digital_source_types, actions,
               agents, camera, failures, warnings}; state is "valid" (signature and content hashes verify),
               "untrusted" (they verify, the signing certificate is expired or otherwise unacceptable) or
-              "invalid" (tampered, revoked or unreadable); trusted is None (no trust list is loaded)
+              "invalid" (tampered, revoked or unreadable) or "remote" (the file only points to a manifest
+              elsewhere, `remote_url`, which is never fetched); trusted is None (no trust list is loaded)
     digital_source_type   the IPTC term found in XMP outside C2PA, or None
     exif      None, or {make, model, software, datetime}
     generator None, or {tool, model, source}: an image-generation tool named in the file's text metadata
@@ -128,6 +129,8 @@ def _might_have_c2pa(fp: BinaryIO, fmt: str, img: Image.Image | None) -> bool:
             return True
     return True
 
+
+_REMOTE_URL = re.compile(r"https?://\S+")
 
 # Failure codes that do not touch the integrity of the claim or the content.
 _SIGNER_NOT_LISTED = "signingCredential.untrusted"
@@ -307,15 +310,21 @@ def read_c2pa(fp: BinaryIO, fmt: str, img: Image.Image | None = None) -> tuple[d
         text = " ".join(str(exc).split())
         if "ManifestNotFound" in type(exc).__name__ or "ManifestNotFound" in text or "no JUMBF" in text:
             return None, None
-        summary = {"state": "invalid", "trusted": None, "signer": None, "issuer": None, "claim_generator": None,
-                   "digital_source_types": [], "actions": [], "agents": [], "camera": None,
-                   "failures": ["manifest.unreadable"], "warnings": [], "says": "unknown"}
+        remote = _REMOTE_URL.search(text) if "remote" in text.lower() else None
+        summary = {"state": "remote" if remote else "invalid", "trusted": None, "signer": None, "issuer": None,
+                   "claim_generator": None, "digital_source_types": [], "actions": [], "agents": [], "camera": None,
+                   "failures": [] if remote else ["manifest.unreadable"], "warnings": [], "says": "unknown"}
+        if remote:  # a manifest stored elsewhere, referenced from XMP: never fetched (no network at scan time)
+            summary["remote_url"] = _clip(remote.group(0), 200)
+            return summary, None
         return summary, f"C2PA manifest unreadable: {_clip(text, 100)}"
     return summarise_c2pa(store), None
 
 
 def _c2pa_evidence(c: dict) -> str:
     who = c.get("signer") or "unknown signer"
+    if c["state"] == "remote":
+        return f"C2PA: remote manifest, not fetched ({c.get('remote_url')})"
     if c["state"] == "invalid":
         why = ", ".join(c["failures"]) or "unreadable"
         return f"C2PA (INVALID, {who}): {why}"

@@ -152,6 +152,22 @@ def test_c2pa_reading_stays_offline_and_quick(provenance_dir: Path) -> None:
     assert time.perf_counter() - start < 60
 
 
+def test_remote_manifest_is_never_fetched() -> None:
+    """A WebP whose XMP points to a remote manifest at a black-hole address: a fetch would hang; we get a quick
+    'remote' state with the URL instead."""
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           b'<rdf:Description rdf:about="" xmlns:dcterms="http://purl.org/dc/terms/" '
+           b'dcterms:provenance="http://10.255.255.1/manifest.c2pa"/></rdf:RDF></x:xmpmeta>')
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buf, "WEBP", xmp=xmp)
+    start = time.perf_counter()
+    prov = _prov(buf.getvalue(), "webp")
+    assert time.perf_counter() - start < 5.0
+    assert prov["c2pa"]["state"] == "remote" and prov["c2pa"]["remote_url"] == "http://10.255.255.1/manifest.c2pa"
+    assert prov["says"] == "unknown" and prov["errors"] == []
+    assert prov["evidence"] == ["C2PA: remote manifest, not fetched (http://10.255.255.1/manifest.c2pa)"]
+
+
 # --------------------------------------------------------------------------- built here: PNG chunks, XMP, EXIF
 
 
