@@ -26,6 +26,7 @@ a file whose manifest is invalid is not called "camera" on the strength of its E
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import Any, BinaryIO
 
@@ -79,6 +80,7 @@ def _says_for_term(term: str | None) -> str:
 
 _c2pa_context: Any = None
 _c2pa_mimes: frozenset[str] | None = None
+_c2pa_pid: int | None = None
 _MIME = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "tiff": "image/tiff",
          "heic": "image/heic", "heif": "image/heif", "avif": "image/avif", "gif": "image/gif",
          "jxl": "image/jxl"}
@@ -89,14 +91,16 @@ C2PA_SETTINGS = {"verify": {"ocsp_fetch": False, "remote_manifest_fetch": False}
 
 def _c2pa() -> tuple[Any, Any, frozenset[str]] | None:
     """(module, offline Context, supported MIME types), created once per process; None if not installed."""
-    global _c2pa_context, _c2pa_mimes
+    global _c2pa_context, _c2pa_mimes, _c2pa_pid
     try:
         import c2pa
     except ImportError:
         return None
-    if _c2pa_context is None:
+    # One context per process: a context inherited through fork (DataLoader workers) does not work.
+    if _c2pa_context is None or _c2pa_pid != os.getpid():
         _c2pa_context = c2pa.Context(c2pa.Settings.from_dict(C2PA_SETTINGS))
         _c2pa_mimes = frozenset(c2pa.Reader.get_supported_mime_types())
+        _c2pa_pid = os.getpid()
     return c2pa, _c2pa_context, _c2pa_mimes or frozenset()
 
 

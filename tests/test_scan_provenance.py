@@ -162,6 +162,8 @@ def test_c2pa_in_decode_worker_processes_and_html(shared_data: Path, tiny_checkp
     src = shared_data / "provenance"
     if not src.is_dir():
         pytest.skip(f"{src} not present")
+    # The parent reads C2PA first, so the forked workers inherit a c2pa context (which must not be reused there).
+    assert decode_image(src / "c2pa-openai-gpt-4o.png", provenance=True).provenance["says"] == "ai-generated"
     page = tmp_path / "report.html"
     res = runner.invoke(app, ["scan", str(src), "-c", str(tiny_checkpoint), "--workers", "2", "--no-progress",
                               "-f", "jsonl", "--threshold", "1.0", "--html", str(page)])
