@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -238,6 +239,8 @@ def build_report(records: list[dict[str, Any]], options: ReportOptions | None = 
                       autoescape=select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
     template = env.get_template("report.html.j2")
     summary = _summarise(records, options)
+    # File names and titles may carry undecodable bytes (lone surrogates): shown escaped, never a write error.
+    options = dataclasses.replace(options, title=_safe(options.title), source=_safe(options.source))
     return template.render(options=options, summary=summary, total=len(records),
                            data_json=_json_for_script(_columns(records, thumbs)),
                            thumbnails=len(thumbs), skipped_lines=stats.skipped_lines[:20],

@@ -91,7 +91,9 @@ def test_page_is_self_contained_sorted_and_escaped(tmp_path: Path) -> None:
     recs.append({"path": os.fsdecode(b"bad\xff.jpg"), "probability": None, "label": None, "threshold": 0.9,
                  "model": "m", "width": None, "height": None, "error": "broken symlink", "provenance": None})
     stats = ReportStats()
-    page = build_report(recs, ReportOptions(thumbnails=5), stats)
+    page = build_report(recs, ReportOptions(thumbnails=5, source=os.fsdecode(b"res\xfe.jsonl")), stats)
+    page.encode("utf-8")  # writable as UTF-8 despite undecodable bytes in names
+    assert "res\\xfe.jsonl" in page
     # No network: no external scripts, styles, images or fonts.
     assert not re.search(r'(src|href)\s*=\s*["\']?(https?:)?//', page)
     assert "<link" not in page and "@import" not in page
