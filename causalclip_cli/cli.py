@@ -50,12 +50,6 @@ class EvalFmt(str, Enum):
     csv = "csv"
 
 
-class FailOn(str, Enum):
-    fake = "fake"
-    uncertain = "uncertain"
-    never = "never"
-
-
 class HeadKind(str, Enum):
     causalclip = "causalclip"
     linear = "linear"
@@ -173,15 +167,25 @@ def scan(
     batch_size: Annotated[int | None, typer.Option(
         min=1, help="Images per forward pass (default: 8 on CPU, 32 on CUDA/MPS).")] = None,
     workers: Annotated[int, typer.Option(min=0, help="Decoding processes (0: decode in-process).")] = 2,
-    fail_on: Annotated[FailOn, typer.Option(help="What makes the exit code 1.")] = FailOn.fake,
+    fail_on: Annotated[str, typer.Option(
+        help="What makes the exit code 1: fake, uncertain (fake or uncertain), provenance-ai (metadata says "
+             "ai-generated or ai-edited), never; combine with commas, e.g. fake,provenance-ai.")] = "fake",
     backbone_weights: Annotated[str | None, typer.Option(help="Local backbone weights file.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
+    provenance: Annotated[bool, typer.Option(
+        "--provenance/--no-provenance",
+        help="Read C2PA, XMP, EXIF and generator metadata while decoding (the 'provenance' field).")] = True,
+    html: Annotated[Path | None, typer.Option(
+        "--html", help="Also write a self-contained HTML report to FILE.")] = None,
 ) -> None:
     """Score images: a fake probability and a label per file, a summary on stderr."""
     from causalclip_cli.output import ScanSummary, default_format, make_writer, render_summary
 
     try:
         band = _parse_band(uncertain)
+        from causalclip_cli.scan import parse_fail_on
+
+        parse_fail_on(fail_on)
         from causalclip_cli.data import discover, read_path_list
 
         inputs = [p for p in paths if p != "-"]
@@ -197,10 +201,11 @@ def scan(
     except CausalClipError as exc:
         raise _fail(exc) from None
 
-    from causalclip_cli.scan import ScanOptions, default_batch_size, error_records, exit_code, scan_records
+    from causalclip_cli.scan import ScanOptions, default_batch_size, exit_code, in_path_order, scan_records
 
     opts = ScanOptions(batch_size=batch_size or default_batch_size(dev), workers=workers, threshold=threshold,
-                       uncertain=band)
+                       uncertain=band, provenance=provenance)
+    kept: list[dict] | None = [] if html is not None else None
     summary = ScanSummary()
     err = _stderr()
     total = len(found.files)
@@ -210,10 +215,15 @@ def scan(
 
     def run(stream) -> None:  # noqa: ANN001
         writer = make_writer((fmt.value if fmt else default_format(stream)), stream)
-        try:
-            for rec in error_records(found.errors, thr, detector.model_id):
-                summary.add(rec)
+
+        def emit(records) -> None:  # noqa: ANN001
+            # Discovery's error records (broken symlinks, ...) come in the same path order as the rest.
+            for rec in in_path_order(found.errors, records, thr, detector.model_id, summary):
                 writer.write(rec)
+                if kept is not None:
+                    kept.append(rec.to_dict())
+
+        try:
             show = progress and sys.stderr.isatty()
             if show:
                 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -221,12 +231,10 @@ def scan(
                 with Progress("scanning", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                               console=err, transient=True) as bar:
                     task = bar.add_task("scan", total=total)
-                    for rec in scan_records(detector, found.files, found.explicit, opts, summary,
-                                            lambda n: bar.advance(task, n)):
-                        writer.write(rec)
+                    emit(scan_records(detector, found.files, found.explicit, opts, summary,
+                                      lambda n: bar.advance(task, n)))
             else:
-                for rec in scan_records(detector, found.files, found.explicit, opts, summary):
-                    writer.write(rec)
+                emit(scan_records(detector, found.files, found.explicit, opts, summary))
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:
@@ -247,9 +255,45 @@ def scan(
         os.dup2(devnull, sys.stdout.fileno())
         raise typer.Exit(141) from None
     render_summary(summary, sys.stderr)
+    if html is not None and kept is not None:
+        from causalclip_cli.report import ReportOptions, write_report
+
+        try:
+            stats = write_report(kept, html, ReportOptions(source="causalclip scan"))
+            err.print(f"wrote {html} ({stats.records:,} results, {stats.bytes / 1e6:.1f} MB)")
+        except OSError as exc:
+            err.print(f"error: cannot write the HTML report {html}: {exc}")
+            raise typer.Exit(2) from None
     if summary.interrupted:
         raise typer.Exit(130)
-    raise typer.Exit(exit_code(summary, fail_on.value))
+    raise typer.Exit(exit_code(summary, fail_on))
+
+
+@app.command()
+@_interruptible
+def report(
+    results: Annotated[Path, typer.Argument(help="Results of a scan: JSONL, JSON or CSV.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write (atomic).")] = Path(
+        "report.html"),
+    thumbnails: Annotated[int, typer.Option(
+        min=0, help="Embed thumbnails for this many of the most suspicious files (read from their paths).")] = 200,
+    title: Annotated[str, typer.Option(help="Page title.")] = "causalclip scan report",
+) -> None:
+    """Write a self-contained HTML report (no network) from a scan's results: sorted, filterable, searchable."""
+    from causalclip_cli.report import ReportOptions, ReportStats, load_results, write_report
+
+    stats = ReportStats()
+    try:
+        records = load_results(results, stats)
+        write_report(records, output, ReportOptions(title=title, thumbnails=thumbnails, source=str(results)), stats)
+    except CausalClipError as exc:
+        raise _fail(exc) from None
+    except OSError as exc:
+        raise _fail(UsageError(f"cannot write {output}: {exc.strerror or exc}")) from None
+    err = _stderr()
+    for line in stats.skipped_lines[:5]:
+        err.print(f"warning: skipped {line}")
+    err.print(f"wrote {output} ({stats.records:,} results, {stats.thumbnails} thumbnails, {stats.bytes / 1e6:.1f} MB)")
 
 
 # --------------------------------------------------------------------------- train / eval / calibrate

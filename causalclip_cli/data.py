@@ -81,6 +81,11 @@ def _os_reason(exc: OSError, path: str) -> str:
     return f"cannot read: {exc.strerror or exc}"
 
 
+def path_sort_key(path: str) -> str:
+    """The key of discovery's path order (public: scan merges its error records by it)."""
+    return _sort_key(path)
+
+
 def _sort_key(path: str) -> str:
     # Component-wise order ("a/z" before "a-b/x") so a folder's files stay together. NUL sorts before
     # every character and never occurs in a name, so this equals comparing split lists, only faster.
@@ -305,6 +310,13 @@ class Decoded:
     width: int
     height: int
     format: str
+    provenance: dict | None = None  # provenance.read_provenance's record, when asked for
+
+
+# Above Image.MAX_IMAGE_PIXELS (Pillow's 89 MP guard) only formats that decode at reduced scale are
+# decoded (JPEG: DCT scaling, 1/2 to 1/8), and never above this hard limit, whatever the format.
+HARD_MAX_PIXELS = 1_000_000_000
+_REDUCIBLE = ("JPEG", "MPO")
 
 
 _HEIF_FORMATS = {"heic", "heif", "avif"}
@@ -419,10 +431,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         raise ImageError(f"unsupported colour mode {mode}") from None
 
 
-def decode_image(path: str | bytes | os.PathLike, min_size: int | None = None) -> Decoded:
+def decode_image(path: str | bytes | os.PathLike, min_size: int | None = None, provenance: bool = False) -> Decoded:
     """Decode one file to RGB, applying EXIF orientation.
 
     With `min_size`, large JPEGs are decoded at a reduced DCT scale that keeps both sides ≥ min_size.
+    JPEGs above Pillow's pixel limit are decoded at the reduced scale that fits under it (up to
+    HARD_MAX_PIXELS); other formats above it are refused as decompression bombs.
+    With `provenance`, the file's metadata evidence is read in the same pass (`Decoded.provenance`).
     Raises NotAnImage for non-image content and ImageError (with a short reason) for everything else.
     """
     p = os.fsdecode(os.fspath(path))
@@ -433,16 +448,35 @@ def decode_image(path: str | bytes | os.PathLike, min_size: int | None = None) -
         fp.seek(0)
         if fmt in _HEIF_FORMATS:
             _ensure_heif()
-        return _decode_open(fp, fmt, min_size)
+        return _decode_open(fp, fmt, min_size, provenance)
 
 
-def _decode_open(fp: BinaryIO, fmt: str, min_size: int | None) -> Decoded:
+def _draft_scale(width: int, height: int, min_size: int | None, limit: int | None) -> int:
+    """DCT scale (1, 2, 4 or 8) for a JPEG: as small as min_size allows, and fitting under `limit` pixels."""
+    scale = 1
+    if min_size is not None and min_size > 0:
+        while scale < 8 and min(width, height) // (scale * 2) >= min_size:
+            scale *= 2
+    if limit:
+        while scale < 8 and (width // scale) * (height // scale) > limit:
+            scale *= 2
+    return scale
+
+
+def _decode_open(fp: BinaryIO, fmt: str, min_size: int | None, provenance: bool = False) -> Decoded:
     with warnings.catch_warnings():
         # A scan reports problems as records; Pillow's chatter (odd EXIF, palette notes) stays quiet.
         warnings.simplefilter("ignore")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
+        limit = Image.MAX_IMAGE_PIXELS
         try:
-            img = Image.open(fp)
+            # Pillow's own size guard is off for the open only: the header's size is checked just below,
+            # where a large JPEG can still be decoded at reduced scale.
+            Image.MAX_IMAGE_PIXELS = None
+            try:
+                img = Image.open(fp)
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ImageError(_bomb_reason(exc)) from None
         except UnidentifiedImageError:
@@ -454,11 +488,25 @@ def _decode_open(fp: BinaryIO, fmt: str, min_size: int | None) -> Decoded:
         try:
             with img:
                 width, height = img.size
-                big = min_size is not None and min_size > 0 and min(width, height) >= 2 * min_size
-                if big and img.format in ("JPEG", "MPO"):
-                    img.draft("RGB", (min_size, min_size))
+                pixels = width * height
+                if pixels > HARD_MAX_PIXELS:
+                    raise ImageError(f"decompression bomb: {pixels} pixels exceeds the hard limit {HARD_MAX_PIXELS}")
+                reducible = img.format in _REDUCIBLE
+                if limit and pixels > limit and not reducible:
+                    # Only JPEG decodes at reduced scale: other formats keep Pillow's guard.
+                    raise ImageError(f"decompression bomb: {pixels} pixels exceeds limit {limit}")
+                scale = _draft_scale(width, height, min_size, limit) if reducible else 1
+                if limit and (width // scale) * (height // scale) > limit:
+                    raise ImageError(f"decompression bomb: {pixels} pixels exceeds limit {limit} even at 1/8 scale")
+                if scale > 1:
+                    img.draft("RGB", (max(1, width // scale), max(1, height // scale)))
                 img.load()
                 loaded = img.size
+                prov = None
+                if provenance:
+                    from .provenance import read_provenance
+
+                    prov = read_provenance(img, fp, fmt)
                 try:
                     ImageOps.exif_transpose(img, in_place=True)
                 except Exception:  # a malformed EXIF block must not cost the pixels
@@ -474,7 +522,7 @@ def _decode_open(fp: BinaryIO, fmt: str, min_size: int | None) -> Decoded:
             raise ImageError(_bomb_reason(exc)) from None
         except Exception as exc:
             raise ImageError(_decode_reason(exc, fmt)) from None
-    return Decoded(image=rgb, width=width, height=height, format=fmt)
+    return Decoded(image=rgb, width=width, height=height, format=fmt, provenance=prov)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -485,13 +533,17 @@ def _decode_open(fp: BinaryIO, fmt: str, min_size: int | None) -> Decoded:
 class ScanDataset(Dataset):
     """Map-style dataset over files; `__getitem__` never raises, failures become error items.
 
-    Item: {index, path, tensor (float32 [views, C, H, W] or None), width, height, format, error, skipped}.
+    Item: {index, path, tensor (float32 [views, C, H, W] or None), width, height, format, error, skipped,
+    provenance}.
     `skipped` is True for non-image content of a file not in `explicit` (i.e. found in a folder).
+    `provenance` is the file's metadata evidence when `provenance` is set (read while decoding), else None.
     """
 
     def __init__(self, files: list[str], preprocess: Preprocess, explicit: Collection[str] = (),
-                 pixel_transform: Callable[[Image.Image], Image.Image] | None = None) -> None:
+                 pixel_transform: Callable[[Image.Image], Image.Image] | None = None,
+                 provenance: bool = False) -> None:
         self.files = list(files)
+        self.provenance = provenance
         self.preprocess = preprocess
         self.explicit = frozenset(explicit)
         # Applied between decoding and preprocessing (JPEG alignment, perturbations, augmentation).
@@ -511,10 +563,11 @@ class ScanDataset(Dataset):
             "format": None,
             "error": None,
             "skipped": False,
+            "provenance": None,
         }
         try:
-            dec = decode_image(path, min_size=self.preprocess.decode_min_size)
-            item.update(width=dec.width, height=dec.height, format=dec.format)
+            dec = decode_image(path, min_size=self.preprocess.decode_min_size, provenance=self.provenance)
+            item.update(width=dec.width, height=dec.height, format=dec.format, provenance=dec.provenance)
             image = dec.image if self.pixel_transform is None else self.pixel_transform(dec.image)
             item["tensor"] = torch.from_numpy(self.preprocess.to_views(image))
         except NotAnImage as exc:
@@ -566,6 +619,7 @@ def make_loader(
     pin_memory: bool = False,
     explicit: Collection[str] = (),
     pixel_transform: Callable[[Image.Image], Image.Image] | None = None,
+    provenance: bool = False,
 ) -> DataLoader:
     """Deterministically ordered loader of ScanBatch; workers=0 decodes in-process.
 
@@ -576,7 +630,7 @@ def make_loader(
     if workers < 0:
         raise UsageError(f"workers must be 0 or more, not {workers}")
     return DataLoader(
-        ScanDataset(files, preprocess, explicit=explicit, pixel_transform=pixel_transform),
+        ScanDataset(files, preprocess, explicit=explicit, pixel_transform=pixel_transform, provenance=provenance),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,

@@ -28,7 +28,11 @@ from .errors import UsageError
 
 FORMATS = ("table", "jsonl", "json", "csv")
 LABELS = ("real", "fake", "uncertain")
-FIELDS = ("path", "probability", "label", "threshold", "model", "width", "height", "error")
+FIELDS = ("path", "probability", "label", "threshold", "model", "width", "height", "error", "provenance")
+# CSV has no nesting: the provenance object becomes these columns (see provenance_columns).
+PROVENANCE_CSV = ("provenance_says", "provenance_evidence", "c2pa_state", "c2pa_signer", "c2pa_claim_generator",
+                  "c2pa_digital_source_type", "exif_camera", "exif_datetime", "generator_tool", "generator_model")
+CSV_FIELDS = (*FIELDS[:-1], *PROVENANCE_CSV)
 PROBABILITY_DECIMALS = 6
 
 
@@ -44,6 +48,8 @@ class ScanRecord:
     width: int | None = None
     height: int | None = None
     error: str | None = None
+    # What the file's metadata says about its origin (provenance.read_provenance); never used by the model.
+    provenance: dict | None = None
 
     @classmethod
     def failed(cls, path: str, error: str, *, threshold: float, model: str) -> ScanRecord:
@@ -64,6 +70,19 @@ def _machine_dict(record: ScanRecord) -> dict:
         # NaN/inf would make the JSON document invalid; null is what a consumer can handle.
         d["probability"] = round(p, PROBABILITY_DECIMALS) if math.isfinite(p) else None
     return d
+
+
+def provenance_columns(prov: dict | None) -> list:
+    """The provenance object flattened into `PROVENANCE_CSV` order (None cells for missing values)."""
+    if not prov:
+        return [None] * len(PROVENANCE_CSV)
+    c2pa = prov.get("c2pa") or {}
+    exif = prov.get("exif") or {}
+    gen = prov.get("generator") or {}
+    camera = " ".join(x for x in (exif.get("make"), exif.get("model")) if x) or None
+    return [prov.get("says"), " | ".join(prov.get("evidence") or []) or None, c2pa.get("state"), c2pa.get("signer"),
+            c2pa.get("claim_generator"), ", ".join(c2pa.get("digital_source_types") or []) or prov.get(
+                "digital_source_type"), camera, exif.get("datetime"), gen.get("tool"), gen.get("model")]
 
 
 # --------------------------------------------------------------------------- text escaping
@@ -189,14 +208,16 @@ class CsvWriter(Writer):
         self._csv = csv.writer(stream)
 
     def _header(self) -> None:
-        self._csv.writerow(FIELDS)
+        self._csv.writerow(CSV_FIELDS)
 
     def _write(self, record: ScanRecord) -> None:
         if self.count == 0:
             self._header()
+        d = _machine_dict(record)
+        prov = d.pop("provenance")
         row = [
             _fit_encoding(_escape_surrogates(v), self.stream) if isinstance(v, str) else v
-            for v in _machine_dict(record).values()
+            for v in [*d.values(), *provenance_columns(prov)]
         ]
         self._csv.writerow(row)
         self.stream.flush()
@@ -207,6 +228,7 @@ class CsvWriter(Writer):
 
 
 _LABEL_STYLE = {"fake": "bold red", "real": "green", "uncertain": "yellow", "error": "magenta"}
+_SAYS_STYLE = {"ai-generated": "red", "ai-edited": "yellow", "camera": "green"}
 
 
 class TableWriter(Writer):
@@ -215,7 +237,7 @@ class TableWriter(Writer):
     Colour only when the stream is a terminal (rich decides; NO_COLOR/FORCE_COLOR are honoured).
     """
 
-    HEADER = f"{'label':<9}  {'fake_p':>6}  {'size':<11}  path"
+    HEADER = f"{'label':<9}  {'fake_p':>6}  {'size':<11}  {'metadata':<12}  path"
 
     def __init__(self, stream: TextIO, *, color: bool | None = None) -> None:
         super().__init__(stream)
@@ -242,9 +264,17 @@ class TableWriter(Writer):
         line = Text()
         line.append(f"{label:<9}", style=_LABEL_STYLE.get(label, ""))
         line.append(f"  {prob:>6}  {size:<11}  ")
+        says = record.provenance.get("says", "-") if record.provenance else "-"
+        line.append(f"{says:<12}", style=_SAYS_STYLE.get(says, ""))
+        line.append("  ")
         line.append(_fit_encoding(terminal_safe(record.path), self.stream))
         if record.error is not None:
             line.append(f"  ({_fit_encoding(terminal_safe(record.error), self.stream)})", style="dim")
+        elif record.provenance and record.provenance.get("evidence"):
+            from .provenance import short_evidence
+
+            evidence = terminal_safe(short_evidence(record.provenance))
+            line.append(f"  [{_fit_encoding(evidence, self.stream)}]", style="dim")
         self._console.print(line)
 
 
@@ -377,9 +407,14 @@ class ScanSummary:
     seconds: float = 0.0
     histogram: list[int] = field(default_factory=_zero_bins)
     interrupted: bool = False
+    # What the files' metadata says (provenance.says → count), for records that carry provenance.
+    provenance: dict[str, int] = field(default_factory=dict)
 
     def add(self, record: ScanRecord) -> None:
         """Account for one record (error or result)."""
+        if record.provenance is not None:
+            says = record.provenance.get("says", "unknown")
+            self.provenance[says] = self.provenance.get(says, 0) + 1
         if record.error is not None or record.label is None:
             self.errors += 1
             return
@@ -414,6 +449,7 @@ class ScanSummary:
             "images_per_second": round(self.images_per_second, 2),
             "histogram": list(self.histogram),
             "interrupted": self.interrupted,
+            "provenance": dict(self.provenance),
         }
 
 
@@ -449,6 +485,9 @@ def render_summary(summary: ScanSummary, stream: TextIO) -> None:
     lines += [f"  {name:<10} {n:>8,}" for name, n in rows]
     if summary.interrupted:
         lines.append("interrupted: results so far only")
+    if summary.provenance:
+        says = ", ".join(f"{k} {n:,}" for k, n in sorted(summary.provenance.items(), key=lambda kv: -kv[1]))
+        lines.append(f"metadata says: {says}")
     largest = max(summary.histogram)
     if largest:
         unicode = _can_encode(_EIGHTHS + "█", stream)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -27,6 +28,7 @@ class ScanOptions:
     threshold: float | None = None  # None → the checkpoint's
     # None → the checkpoint's band, unless a threshold was given (then none); () → none.
     uncertain: tuple[float, float] | tuple[()] | None = None
+    provenance: bool = True  # read each file's metadata evidence while decoding it
 
 
 def resolve_decision(checkpoint: Decision, options: ScanOptions) -> Decision:
@@ -56,7 +58,7 @@ def scan_records(
     model = detector.model_id
     pin = detector.device.startswith("cuda")
     loader = make_loader(files, detector.preprocess, options.batch_size, options.workers, pin_memory=pin,
-                         explicit=explicit)
+                         explicit=explicit, provenance=options.provenance)
     start = time.perf_counter()
     for batch in loader:
         probs = detector.probabilities(batch.tensor).tolist() if batch.tensor is not None else []
@@ -68,10 +70,10 @@ def scan_records(
             if j in by_item:
                 p = float(by_item[j])
                 rec = ScanRecord(item["path"], p, decision.label(p), threshold, model,
-                                 item.get("width"), item.get("height"), None)
+                                 item.get("width"), item.get("height"), None, item.get("provenance"))
             else:
                 rec = ScanRecord(item["path"], None, None, threshold, model, item.get("width"),
-                                 item.get("height"), item.get("error") or "unreadable")
+                                 item.get("height"), item.get("error") or "unreadable", item.get("provenance"))
             summary.add(rec)
             yield rec
         summary.seconds = time.perf_counter() - start
@@ -84,12 +86,55 @@ def error_records(errors: Iterable[tuple[str, str]], threshold: float, model: st
         yield ScanRecord(os.fsdecode(path), None, None, threshold, model, None, None, reason)
 
 
+def in_path_order(
+    errors: Iterable[tuple[str, str]], records: Iterable[ScanRecord], threshold: float, model: str,
+    summary: ScanSummary,
+) -> Iterator[ScanRecord]:
+    """Discovery's error records merged into `records` (already in discovery's path order), lazily, so that
+    every record comes in the one sorted order; the error records are added to `summary` as they pass."""
+    from causalclip_cli.data import path_sort_key
+
+    def counted() -> Iterator[ScanRecord]:
+        for rec in error_records(errors, threshold, model):
+            summary.add(rec)
+            yield rec
+
+    return heapq.merge(counted(), records, key=lambda r: path_sort_key(r.path))
+
+
+FAIL_ON = ("fake", "uncertain", "provenance-ai", "never")
+PROVENANCE_AI = ("ai-generated", "ai-edited")
+
+
+def parse_fail_on(value: str) -> frozenset[str]:
+    """'fake', 'uncertain', 'provenance-ai', 'never', or a comma-separated combination ('fake,provenance-ai')."""
+    from causalclip_cli.errors import UsageError
+
+    parts = frozenset(p.strip() for p in value.split(",") if p.strip())
+    unknown = sorted(parts - set(FAIL_ON))
+    if not parts or unknown:
+        raise UsageError(f"invalid --fail-on value {value!r}",
+                         hint=f"choose from {', '.join(FAIL_ON)}, or combine them with commas (fake,provenance-ai)")
+    if "never" in parts and len(parts) > 1:
+        raise UsageError("--fail-on never cannot be combined with other values")
+    return parts
+
+
 def exit_code(summary: ScanSummary, fail_on: str) -> int:
-    """0 clean, 1 flagged (grep's 'found'), 3 some files unreadable and nothing flagged."""
-    flagged = summary.counts.get("fake", 0)
-    if fail_on == "uncertain":
+    """0 clean, 1 flagged (grep's 'found'), 3 some files unreadable and nothing flagged.
+
+    `fail_on` is a `parse_fail_on` value: 'fake' flags label fake, 'uncertain' fake or uncertain,
+    'provenance-ai' files whose metadata says ai-generated or ai-edited; combinations flag on any.
+    """
+    wanted = parse_fail_on(fail_on)
+    flagged = 0
+    if wanted & {"fake", "uncertain"}:
+        flagged += summary.counts.get("fake", 0)
+    if "uncertain" in wanted:
         flagged += summary.counts.get("uncertain", 0)
-    if fail_on != "never" and flagged:
+    if "provenance-ai" in wanted:
+        flagged += sum(summary.provenance.get(s, 0) for s in PROVENANCE_AI)
+    if flagged:
         return 1
     if summary.errors:
         return 3

@@ -13,6 +13,7 @@ import pytest
 
 from causalclip_cli.errors import UsageError
 from causalclip_cli.output import (
+    CSV_FIELDS,
     FIELDS,
     FORMATS,
     ScanRecord,
@@ -90,7 +91,8 @@ def run_writer(fmt: str, recs: list[ScanRecord]) -> str:
 
 def test_record_to_dict_key_order():
     d = rec().to_dict()
-    assert tuple(d) == FIELDS == ("path", "probability", "label", "threshold", "model", "width", "height", "error")
+    assert tuple(d) == FIELDS == ("path", "probability", "label", "threshold", "model", "width", "height", "error",
+                                  "provenance")
     assert d["probability"] == 0.9 and d["error"] is None
 
 
@@ -163,7 +165,7 @@ def test_csv_roundtrip():
     rows = list(csv.DictReader(io.StringIO(run_writer("csv", recs), newline="")))
     assert len(rows) == len(recs)
     for r, row in zip(recs, rows, strict=True):
-        assert list(row) == list(FIELDS)
+        assert list(row) == list(CSV_FIELDS)
         assert row["model"] == r.model
     assert rows[1]["path"] == "with space/and,comma.png"
     assert rows[2]["path"] == "quote\"d 'name'.jpg"
@@ -178,7 +180,7 @@ def test_csv_roundtrip():
 
 def test_csv_zero_records_is_header_only():
     out = run_writer("csv", [])
-    assert out == ",".join(FIELDS) + "\r\n"
+    assert out == ",".join(CSV_FIELDS) + "\r\n"
     assert list(csv.DictReader(io.StringIO(out))) == []
 
 
@@ -201,7 +203,7 @@ def test_table_one_line_per_record(no_color_env):
     out = run_writer("table", recs)
     lines = out.splitlines()
     assert len(lines) == 1 + len(recs)
-    assert lines[0].split() == ["label", "fake_p", "size", "path"]
+    assert lines[0].split() == ["label", "fake_p", "size", "metadata", "path"]
     assert not ANSI.search(out)  # not a terminal: no colour codes
     assert "\x1b" not in out and "\u202e" not in out
     body = "\n".join(lines[1:])
