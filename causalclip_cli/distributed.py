@@ -398,7 +398,16 @@ class _Progress:
 def _checked_rows(ds, total: int, progress: _Progress) -> Iterator[dict]:  # noqa: ANN001
     """Rows in input order; raises EngineError unless every input index arrives exactly once."""
     seen = np.zeros(total, dtype=bool)
-    for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+    batches = iter(ds.iter_batches(batch_format="pyarrow", batch_size=None))
+    while True:
+        try:
+            table = next(batches)
+        except StopIteration:
+            break
+        except Exception as exc:  # noqa: BLE001 - Ray raises its own types; one clear line, not a traceback
+            lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+            raise EngineError(f"the Ray pipeline failed: {lines[-1] if lines else type(exc).__name__}",
+                              hint="worker logs: /tmp/ray/session_latest/logs on each node") from exc
         rows = table.to_pylist()
         for row in rows:
             i = row["index"]
