@@ -277,7 +277,7 @@ def _scan_ray(inputs: list[str], output: str | None, fmt: Fmt | None, checkpoint
     from causalclip_cli.output import render_summary
     from causalclip_cli.scan import ScanOptions, default_batch_size, exit_code
 
-    dev = device if device in ("auto", "cpu") else _device(device)
+    dev = device  # checked against the cluster's GPUs, not this machine's
     opts = ScanOptions(batch_size=batch_size or default_batch_size("cpu" if dev in ("auto", "cpu") else dev),
                        threshold=threshold, uncertain=band)
     summary = scan_command(inputs, output, fmt.value if fmt else None,

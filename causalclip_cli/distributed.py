@@ -122,9 +122,12 @@ def _quiet_ray_data() -> None:
 def _placement(ray, options: RayOptions, device: str) -> tuple[int, dict[str, Any], str]:  # noqa: ANN001
     """(actors, per-actor resources, device) from the cluster's GPUs and the options."""
     gpus = int(ray.cluster_resources().get("GPU", 0))
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise UsageError(f"--device {device}: the Ray engine runs on cpu or cuda (auto picks cuda when the "
+                         f"cluster has GPUs)")
     if gpus and device != "cpu":
-        return options.actors or gpus, {"num_gpus": 1}, "cuda"
-    if device.startswith(("cuda", "mps")):
+        return options.actors or gpus, {"num_gpus": 1}, "cuda"  # each actor sees its one GPU as cuda:0
+    if device.startswith("cuda"):
         raise UsageError(f"--device {device}: the Ray cluster has no GPUs")
     return options.actors or 1, {"num_cpus": options.cpus_per_actor}, "cpu"
 

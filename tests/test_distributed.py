@@ -205,3 +205,30 @@ def test_real_backbone_same_records(shared_data: Path, tmp_path: Path) -> None:
     local = _jsonl(a)
     assert len(local) == 6 and all(r["error"] is None for r in local)
     _same_records(local, _jsonl(b))
+
+
+def test_parquet_shards_are_committed_whole(tmp_path: Path) -> None:
+    """A folder DEST appears only at commit (replacing an older one); an aborted run leaves nothing."""
+    import pyarrow.parquet as pq
+
+    from causalclip_cli.feature_store import ShardWriter, feature_schema
+
+    dest = tmp_path / "feats"
+    schema = feature_schema(2, {"backbone_id": "b", "variant": "v", "embed_dim": 2})
+    row = {"path": "/x.png", "key": "k", "backbone_id": "b", "variant": "v", "label": 1, "generator": "g",
+           "split": "train", "feature": [0.5, 1.5]}
+    w = ShardWriter(dest, schema, shard_rows=2)
+    for i in range(5):
+        w.write({**row, "path": f"/{i}.png"})
+    assert not dest.exists()  # shards so far live under a temporary name
+    w.commit()
+    assert sorted(os.listdir(dest)) == ["_SUCCESS", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert pq.read_table(dest).column("path").to_pylist() == [f"/{i}.png" for i in range(5)]
+    w2 = ShardWriter(dest, schema)
+    w2.write(row)
+    w2.abort()
+    assert pq.read_table(dest).num_rows == 5 and os.listdir(tmp_path) == ["feats"]
+    w3 = ShardWriter(dest, schema)
+    w3.write(row)
+    w3.commit()
+    assert pq.read_table(dest).num_rows == 1 and os.listdir(tmp_path) == ["feats"]
