@@ -151,11 +151,13 @@ class FeatureStore:
     def check(self, backbone_id: str, variant: str) -> None:
         """Refuse features from another backbone or preprocessing than the one the head uses."""
         have = (self.meta.get("backbone_id"), self.meta.get("variant"))
+        bb = self.meta.get("backbone") or {}
         if have != (backbone_id, variant):
             raise DataError(
                 f"{self.source}: features were made by backbone {have[0]} with preprocessing {have[1]}, "
                 f"but this run uses {backbone_id} with {variant}",
-                hint="re-run `causalclip embed` with the same backbone as the checkpoint",
+                hint=f"these features come from --backbone {bb.get('name')} --pretrained {bb.get('pretrained')}; "
+                "train with the same, or embed again with the checkpoint's backbone",
             )
 
     def dataset(self, subsets: list[str] | None = None) -> Dataset:
