@@ -45,7 +45,7 @@ def main() -> None:
             plan += [(g, "native", 1) for g in groups["old"]]
         elif what == "tiny":
             plan += [(g, "tiny", 1) for g in groups["modern"] + groups["faces"]]
-    for (name, family, samples), variant, views in plan:
+    for (name, _family, samples), variant, views in plan:
         t = time.time()
         x, _, _ = embed_variant(samples, variant, views, ALL_LAYERS, batch_size=args.batch_size,
                                 workers=args.workers, label=f"{name} {variant}x{views}")

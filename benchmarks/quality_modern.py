@@ -19,11 +19,10 @@ previous round (resize recipe, final embedding) is scored on the same test sets 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -156,9 +155,10 @@ def fit(method: str, cfg: Config, train: list[Src], seed: int):
 
 
 def _subsets() -> tuple[set[str], set[str]]:
-    photoreal = {ln.strip() for ln in (HERE / "subsets" / "photoreal-modern.txt").read_text().splitlines() if ln.strip()}
-    ffhq = {ln.strip() for ln in (HERE / "subsets" / "ffhq-real.txt").read_text().splitlines() if ln.strip()}
-    return photoreal, ffhq
+    def read(name: str) -> set[str]:
+        return {ln.strip() for ln in (HERE / "subsets" / name).read_text().splitlines() if ln.strip()}
+
+    return read("photoreal-modern.txt"), read("ffhq-real.txt")
 
 
 def _m(y: np.ndarray, p: np.ndarray) -> dict:

@@ -22,6 +22,22 @@ Trees are deleted after each size.
     python benchmarks/scale.py --sizes 200 1000      # quick check
 
 Results: benchmarks/results/scale.json (scale_real.json with --real).
+
+Engines (`--engines local ray`): instead of `| head`, a whole scan of each tree to a JSONL file,
+
+    python -m causalclip_cli scan TREE -c CKPT --engine E --output OUT.jsonl --no-progress
+
+once per engine and size, plus once on a 1-file tree (start-up cost: imports, model load, and for Ray
+starting a local cluster and its actors). Recorded: wall time, images/s over the whole command and
+after subtracting start-up, the largest sampled PSS sum over the scan and all its descendants (Ray's
+GCS, raylet, workers and actors; DataLoader workers for the local engine), and whether both engines
+wrote the same records. With the tiny tower this measures engine overhead, not the backbone;
+`--real --images N` scans N real images of ../shared/data with the released ViT-B/16 head instead.
+
+    python benchmarks/scale.py --engines local ray --sizes 1000 10000      # tiny tower: engine overhead
+    python benchmarks/scale.py --engines local ray --real --images 64      # ViT-B/16 throughput
+
+Results: benchmarks/results/scale_engines.json (scale_engines_real.json with --real).
 """
 
 from __future__ import annotations
@@ -281,6 +297,117 @@ def run_one(tree: Path, n: int, ckpt: Path, args: argparse.Namespace, work: Path
     }
 
 
+# --------------------------------------------------------------------------- engines: local vs ray
+
+
+def run_engine(tree: Path, n: int, ckpt: Path, engine: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    out = work / f"out-{engine}-{n}.jsonl"
+    scan = [sys.executable, "-m", "causalclip_cli", "scan", str(tree), "-c", str(ckpt), "--engine", engine,
+            "--output", str(out), "--no-progress"]
+    if args.batch_size is not None:
+        scan += ["--batch-size", str(args.batch_size)]
+    if engine == "local" and args.workers is not None:
+        scan += ["--workers", str(args.workers)]
+    err_file = work / "engine.stderr"
+    # `; exit $?` keeps bash from exec'ing the scan, so the watch finds it as a descendant.
+    script = f"{shlex.join(scan)} 2>{shlex.quote(str(err_file))}; exit $?"
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(["bash", "-c", script], cwd=REPO, stdin=subprocess.DEVNULL)
+    watch = MemoryWatch(proc.pid, interval=args.poll, pss=os.path.exists("/proc/self/smaps_rollup"))
+    watch.start()
+    rc = proc.wait()
+    wall = time.perf_counter() - t0
+    watch.stop()
+    stderr = err_file.read_text(errors="replace") if err_file.exists() else ""
+    m = re.search(r"(\d+) image\(s\) in ([\d.]+) s", stderr)
+    records = out.read_text().splitlines() if out.exists() else []
+    return {
+        "engine": engine, "files": n, "command": shlex.join(scan), "exit_code": rc, "wall_s": round(wall, 2),
+        "records": len(records), "summary_images": int(m.group(1)) if m else None,
+        "summary_seconds": float(m.group(2)) if m else None,
+        "peak_sum_pss_mib": _mib(watch.peak_sum_pss_kib) if watch.pss else None,
+        "peak_sum_rss_mib": _mib(watch.peak_sum_rss_kib), "main_peak_rss_mib": _mib(watch.main_hwm_kib),
+        "processes_seen": 1 + len(watch.worker_hwm_kib), "traceback_in_stderr": "Traceback" in stderr,
+        "stderr_tail": stderr[-1500:] if rc not in (0, 1, 3) or "Traceback" in stderr else None,
+        "output": str(out),
+    }
+
+
+def _same_records(a: Path, b: Path) -> dict[str, Any]:
+    import json
+
+    ra = [json.loads(x) for x in a.read_text().splitlines()] if a.exists() else []
+    rb = [json.loads(x) for x in b.read_text().splitlines()] if b.exists() else []
+    same_paths = [r["path"] for r in ra] == [r["path"] for r in rb]
+    diffs = [abs(x["probability"] - y["probability"]) for x, y in zip(ra, rb, strict=False)
+             if x["probability"] is not None and y["probability"] is not None]
+    labels = sum(x["label"] == y["label"] and x["error"] == y["error"] for x, y in zip(ra, rb, strict=False))
+    return {"same_paths_in_order": same_paths, "max_abs_prob_diff": max(diffs, default=None),
+            "same_label_and_error": labels, "records": [len(ra), len(rb)]}
+
+
+def engines_main(args: argparse.Namespace) -> None:
+    from _util import SHARED_DATA, list_images, mirror_with_symlinks, spread
+
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="causalclip-engines-", dir=args.tmpdir) as tmp_name:
+        tmp = Path(tmp_name)
+        ckpt, ckpt_desc = make_checkpoint(tmp, tiny=not args.real)
+        log(f"checkpoint: {ckpt_desc}")
+        trees: list[tuple[int, Path]] = []
+        if args.real:
+            files = spread(list_images(SHARED_DATA), args.images)
+            one = mirror_with_symlinks(files[:1], SHARED_DATA, tmp / "tree-1")
+            trees = [(1, one), (len(files), mirror_with_symlinks(files, SHARED_DATA, tmp / f"tree-{len(files)}"))]
+        else:
+            data = tiny_jpeg()
+            for n in [1, *args.sizes]:
+                make_tree(tmp / f"tree-{n}", n, args.per_dir, data)
+                trees.append((n, tmp / f"tree-{n}"))
+        for n, tree in trees:
+            outs = {}
+            for engine in args.engines:
+                log(f"{engine}: scanning {n:,} files ...")
+                row = run_engine(tree, n, ckpt, engine, args, tmp)
+                outs[engine] = Path(row.pop("output"))
+                rows.append(row)
+                log(f"    wall {row['wall_s']} s, exit {row['exit_code']}, records {row['records']}, "
+                    f"peak PSS sum {row['peak_sum_pss_mib']} MiB")
+                if row["stderr_tail"]:
+                    log(row["stderr_tail"])
+            if len(outs) == 2:
+                rows[-1]["agreement_with_" + args.engines[0]] = _same_records(*outs.values())
+    startup = {r["engine"]: r["wall_s"] for r in rows if r["files"] == 1}
+    for r in rows:
+        r["images_per_s"] = round(r["files"] / r["wall_s"], 2)
+        busy = r["wall_s"] - startup.get(r["engine"], 0.0)
+        r["images_per_s_after_startup"] = round(r["files"] / busy, 2) if r["files"] > 1 and busy > 0 else None
+    result = {
+        "benchmark": "scale_engines",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine_info("cpu"),
+        "settings": {"checkpoint": ckpt_desc, "engines": args.engines, "batch_size": args.batch_size,
+                     "workers": args.workers, "threads": args.threads, "poll_s": args.poll, "real": args.real},
+        "notes": [
+            "files == 1 rows: start-up cost (wall time of a 1-file scan)",
+            "images_per_s: files / wall_s (whole command); images_per_s_after_startup: files / (wall_s - the "
+            "same engine's 1-file wall_s)",
+            "peak_sum_pss_mib: largest sampled PSS sum over the scan and every descendant process (Ray: GCS, "
+            "raylet, workers, actors; local: DataLoader workers). Ray processes that detach from the scan's "
+            "process tree are not counted",
+        ],
+        "runs": rows,
+    }
+    path = write_results("scale_engines_real" if args.real else "scale_engines", result, args.out)
+    log("")
+    log(f"{'engine':>6} {'files':>7} {'wall s':>8} {'img/s':>8} {'img/s-su':>9} {'PSS MiB':>8} {'exit':>5}")
+    for r in rows:
+        su = r["images_per_s_after_startup"]
+        log(f"{r['engine']:>6} {r['files']:>7,} {r['wall_s']:>8.1f} {r['images_per_s']:>8.1f} "
+            f"{(f'{su:.1f}' if su else '-'):>9} {r['peak_sum_pss_mib'] or 0:>8.0f} {r['exit_code']:>5}")
+    log(f"\nwrote {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
@@ -293,8 +420,14 @@ def main() -> None:
     ap.add_argument("--poll", type=float, default=0.05, help="seconds between /proc memory samples")
     ap.add_argument("--tmpdir", type=Path, default=None, help="where to build the trees (default: system temp)")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    ap.add_argument("--engines", nargs="+", choices=["local", "ray"], default=None,
+                    help="compare whole scans per engine (throughput, start-up, memory) instead of `| head`")
+    ap.add_argument("--images", type=int, default=64, help="--engines --real: how many real images")
     args = ap.parse_args()
     apply_threads(args.threads)
+    if args.engines:
+        engines_main(args)
+        return
 
     rows: list[dict[str, Any]] = []
     data = tiny_jpeg()

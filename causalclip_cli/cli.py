@@ -55,6 +55,11 @@ class HeadKind(str, Enum):
     linear = "linear"
 
 
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 def _stderr():  # noqa: ANN202 - rich Console, imported lazily
     from rich.console import Console
 
@@ -160,7 +165,7 @@ def scan(
              "given; 'off' for none).")] = None,
     fmt: Annotated[Fmt | None, typer.Option("--format", "-f",
                                             help="Default: table on a terminal, jsonl otherwise.")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write results to FILE (atomic).")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Write results to FILE (atomic).")] = None,
     recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Descend into folders.")] = True,
     null: Annotated[bool, typer.Option("-0", "--null", help="Paths on stdin are NUL-separated.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
@@ -177,8 +182,17 @@ def scan(
         help="Read C2PA, XMP, EXIF and generator metadata while decoding (the 'provenance' field).")] = True,
     html: Annotated[Path | None, typer.Option(
         "--html", help="Also write a self-contained HTML report to FILE.")] = None,
+    engine: Annotated[Engine, typer.Option(help="local, or ray: Ray Data on this machine or a cluster "
+                                                "(needs the causalclip[ray] extra).")] = Engine.local,
+    address: Annotated[str | None, typer.Option(help="--engine ray: cluster address, e.g. auto "
+                                                     "(default: start Ray on this machine).")] = None,
+    actors: Annotated[int | None, typer.Option(min=1, help="--engine ray: detector actors (default: one per "
+                                                           "GPU, else 1).")] = None,
 ) -> None:
-    """Score images: a fake probability and a label per file, a summary on stderr."""
+    """Score images: a fake probability and a label per file, a summary on stderr.
+
+    With --engine ray, PATHS may also be URIs that pyarrow reads (s3://, gs://, file://) and --output may be
+    a folder of Parquet shards (a path ending in '/', an existing folder, or a URI)."""
     from causalclip_cli.output import ScanSummary, default_format, make_writer, render_summary
 
     try:
@@ -193,6 +207,12 @@ def scan(
             inputs += read_path_list(sys.stdin.buffer, null_separated=null)
         if not inputs:
             raise UsageError("no input paths given")
+        if engine == Engine.ray:
+            if html is not None:
+                raise UsageError("--html is not available with --engine ray",
+                                 hint="write --output results.jsonl, then run `causalclip report results.jsonl`")
+            raise typer.Exit(_scan_ray(inputs, output, fmt, checkpoint, threshold, band, device, batch_size,
+                                       fail_on, backbone_weights, recursive, address, actors, provenance))
         found = discover(inputs, recursive=recursive)
         from causalclip_cli.checkpoint import load_detector
 
@@ -296,13 +316,33 @@ def report(
     err.print(f"wrote {output} ({stats.records:,} results, {stats.thumbnails} thumbnails, {stats.bytes / 1e6:.1f} MB)")
 
 
+def _scan_ray(inputs: list[str], output: str | None, fmt: Fmt | None, checkpoint: str | None,
+              threshold: float | None, band: tuple | None, device: str, batch_size: int | None, fail_on: str,
+              backbone_weights: str | None, recursive: bool, address: str | None, actors: int | None,
+              provenance: bool = True) -> int:
+    """`scan --engine ray`: the distributed module does the work; the same summary and exit codes."""
+    from causalclip_cli.distributed import RayOptions, scan_command
+    from causalclip_cli.output import render_summary
+    from causalclip_cli.scan import ScanOptions, default_batch_size, exit_code
+
+    dev = device  # checked against the cluster's GPUs, not this machine's
+    opts = ScanOptions(batch_size=batch_size or default_batch_size("cpu" if dev in ("auto", "cpu") else dev),
+                       threshold=threshold, uncertain=band, provenance=provenance)
+    summary = scan_command(inputs, output, fmt.value if fmt else None,
+                           checkpoint, opts, RayOptions(address=address, actors=actors), recursive=recursive,
+                           device=dev, backbone_weights=backbone_weights)
+    render_summary(summary, sys.stderr)
+    return 130 if summary.interrupted else exit_code(summary, fail_on)
+
+
 # --------------------------------------------------------------------------- train / eval / calibrate
 
 
 @app.command()
 @_interruptible
 def train(
-    data: Annotated[Path, typer.Option("--data", "-d", help="Dataset folder (layout auto-detected) or CSV.")],
+    data: Annotated[Path | None, typer.Option("--data", "-d", help="Dataset folder (layout auto-detected) or CSV.")
+                    ] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write.")] = Path(
         "causalclip-head.safetensors"),
     head: Annotated[HeadKind, typer.Option(help="causalclip or the linear-probe baseline.")] = HeadKind.causalclip,
@@ -333,6 +373,8 @@ def train(
     extract_batch_size: Annotated[int, typer.Option(min=1, help="Batch size of feature extraction.")] = 32,
     cache_dir: Annotated[Path | None, typer.Option(help="Feature cache folder.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run of the same output.")] = False,
+    features: Annotated[str | None, typer.Option(help="Train on Parquet features from `causalclip embed` "
+                                                      "(a folder or URI) instead of --data.")] = None,
 ) -> None:
     """Train a CausalCLIP (or linear-probe) head on a dataset; writes a safetensors checkpoint."""
     from causalclip_cli.experiment import TrainRequest, run_train
@@ -346,7 +388,7 @@ def train(
                      "drop_p": drop_p, "mask_hidden": hidden, "cls_hidden": hidden, "adv_hidden": hidden,
                      "dropout": dropout},
         jpeg_align=jpeg_align, augment=augment, device=device, workers=workers,
-        extract_batch_size=extract_batch_size, cache_dir=cache_dir, resume=resume,
+        extract_batch_size=extract_batch_size, cache_dir=cache_dir, resume=resume, features=features,
     )
     try:
         result = run_train(req)
@@ -358,7 +400,8 @@ def train(
 @app.command(name="eval")
 @_interruptible
 def evaluate(
-    data: Annotated[Path, typer.Option("--data", "-d", help="Dataset folder (layout auto-detected) or CSV.")],
+    data: Annotated[Path | None, typer.Option("--data", "-d", help="Dataset folder (layout auto-detected) or CSV.")
+                    ] = None,
     checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c")] = None,
     split: Annotated[str | None, typer.Option(help="Split to evaluate (default: test, else val, else all).")
                      ] = None,
@@ -373,18 +416,59 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     cache_dir: Annotated[Path | None, typer.Option()] = None,
     backbone_weights: Annotated[str | None, typer.Option()] = None,
+    features: Annotated[str | None, typer.Option(help="Evaluate on Parquet features from `causalclip embed` "
+                                                      "instead of --data.")] = None,
 ) -> None:
     """Per-generator accuracy, AP, AUC and TPR at 1%/5% FPR of a checkpoint on a dataset."""
     from causalclip_cli.experiment import EvalRequest, render_eval, run_eval
 
     req = EvalRequest(data=data, checkpoint=checkpoint, split=split, subsets=subset or None, layout=layout,
                       threshold=threshold, perturb=perturb, plot=plot, device=device, workers=workers,
-                      batch_size=batch_size, cache_dir=cache_dir, backbone_weights=backbone_weights)
+                      batch_size=batch_size, cache_dir=cache_dir, backbone_weights=backbone_weights,
+                      features=features)
     try:
         report = run_eval(req)
     except CausalClipError as exc:
         raise _fail(exc) from None
     render_eval(report, fmt.value, sys.stdout)
+
+
+@app.command()
+@_interruptible
+def embed(
+    data: Annotated[Path, typer.Argument(help="Dataset folder (layout auto-detected) or CSV manifest.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Folder (or URI) for the Parquet feature shards.")],
+    engine: Annotated[Engine, typer.Option(help="local, or ray (Ray Data; the causalclip[ray] extra).")
+                      ] = Engine.local,
+    address: Annotated[str | None, typer.Option(help="--engine ray: cluster address, e.g. auto.")] = None,
+    actors: Annotated[int | None, typer.Option(min=1, help="--engine ray: embedding actors (default: one per "
+                                                           "GPU, else 1).")] = None,
+    backbone: Annotated[str, typer.Option(help="open_clip model name.")] = "ViT-B-16",
+    pretrained: Annotated[str, typer.Option(help="open_clip pretrained tag.")] = "openai",
+    backbone_weights: Annotated[str | None, typer.Option(help="Local backbone weights file.")] = None,
+    subset: Annotated[list[str] | None, typer.Option(help="Generators to use (repeatable).")] = None,
+    layout: Annotated[str, typer.Option(help="auto, genimage, forensynths, cifake, realfake, manifest.")] = "auto",
+    device: Annotated[str, typer.Option()] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    workers: Annotated[int, typer.Option(min=0, help="--engine local: decoding processes.")] = 2,
+    cache_dir: Annotated[Path | None, typer.Option(help="--engine local: feature cache folder.")] = None,
+) -> None:
+    """Embed a labelled dataset with the frozen backbone into Parquet shards for `train/eval --features`."""
+    try:
+        from causalclip_cli.distributed import RayOptions, embed_command
+
+        result = embed_command(str(data), output, engine=engine.value, layout=layout, subsets=subset or None,
+                               backbone=backbone, pretrained=pretrained, backbone_weights=backbone_weights,
+                               device=device, batch_size=batch_size, workers=workers, cache_dir=cache_dir,
+                               ray_options=RayOptions(address=address, actors=actors))
+    except CausalClipError as exc:
+        raise _fail(exc) from None
+    for path, reason in result.failed[:5] if engine == Engine.ray else []:  # the local engine warned already
+        sys.stderr.write(f"warning: skipped {path}: {reason}\n")
+    if len(result.failed) > 5 and engine == Engine.ray:
+        sys.stderr.write(f"warning: {len(result.failed) - 5} more unreadable files skipped\n")
+    typer.echo(json.dumps({"output": output, "embedded": result.embedded, "failed": len(result.failed),
+                           "shards": result.shards, "seconds": round(result.seconds, 2)}, indent=2))
 
 
 @app.command()

@@ -76,7 +76,7 @@ def _discover(data: Path, layout: str, subsets: list[str] | None):  # noqa: ANN2
 
 @dataclass
 class TrainRequest:
-    data: Path
+    data: Path | None
     output: Path
     head: str = "causalclip"
     backbone: str = "ViT-B-16"
@@ -99,6 +99,7 @@ class TrainRequest:
     extract_batch_size: int = 32
     cache_dir: Path | None = None
     resume: bool = False
+    features: str | None = None  # Parquet features from `causalclip embed`, instead of `data`
 
 
 def _splits(ds, val_fraction: float, seed: int) -> tuple[list, list]:  # noqa: ANN001
@@ -124,7 +125,8 @@ def run_train(req: TrainRequest) -> dict:
     if req.output.suffix != ".safetensors":
         raise UsageError(f"--output {req.output}: checkpoints are .safetensors files")
     device = resolve_device(req.device)
-    ds = _discover(req.data, req.layout, req.subsets)
+    store = _feature_store(req.data, req.features, req.augment or req.jpeg_align)
+    ds = store.dataset(req.subsets) if store else _discover(req.data, req.layout, req.subsets)
     train_s, val_s = _splits(ds, req.val_fraction, req.seed)
     bb = load_backbone(BackboneSpec(req.backbone, req.pretrained, req.backbone_weights), device=device)
 
@@ -137,8 +139,12 @@ def run_train(req: TrainRequest) -> dict:
     align = jpeg(req.jpeg_align) if req.jpeg_align else None
     common = dict(embed=embed, preprocess=bb.preprocess, backbone_id=bb.info.id, cache_dir=req.cache_dir,
                   transform=align, batch_size=req.extract_batch_size, workers=req.workers)
-    tr = dataset_features(train_s, label="train features", **common)
-    va = dataset_features(val_s, label="val features", **common)
+    if store:
+        store.check(bb.info.id, bb.preprocess.key())
+        tr, va = store.features(train_s), store.features(val_s)
+    else:
+        tr = dataset_features(train_s, label="train features", **common)
+        va = dataset_features(val_s, label="val features", **common)
     x_tr, y_tr = tr.x, tr.y
     if req.augment:
         from causalclip_cli.transforms import compose
@@ -168,7 +174,7 @@ def run_train(req: TrainRequest) -> dict:
         probs = torch.sigmoid(result.head(torch.as_tensor(va.x))).numpy()
     val_metrics = per_group_metrics(va.y, probs, va.groups, 0.5)
     training = {
-        "summary": {"data": str(req.data), "layout": ds.layout, "generators": ds.generators(),
+        "summary": {"data": str(req.features or req.data), "layout": ds.layout, "generators": ds.generators(),
                     "n_train": int(len(tr.y)), "n_val": int(len(va.y)),
                     "n_train_fake": int(tr.y.sum()), "n_val_fake": int(va.y.sum()),
                     "augmented_copies": int(len(y_tr) - len(tr.y)), "jpeg_align": req.jpeg_align,
@@ -198,7 +204,7 @@ def run_train(req: TrainRequest) -> dict:
 
 @dataclass
 class EvalRequest:
-    data: Path
+    data: Path | None
     checkpoint: str | None = None
     split: str | None = None
     subsets: list[str] | None = None
@@ -211,6 +217,22 @@ class EvalRequest:
     batch_size: int = 32
     cache_dir: Path | None = None
     backbone_weights: str | None = None
+    features: str | None = None  # Parquet features from `causalclip embed`, instead of `data`
+
+
+def _feature_store(data: Path | None, features: str | None, pixel_work: object):  # noqa: ANN202
+    """The Parquet features to use, or None for `data`; exactly one of them must be given."""
+    if (data is None) == (features is None):
+        raise UsageError("give either --data or --features")
+    if features is None:
+        return None
+    if pixel_work:
+        raise UsageError("--features holds clean embeddings: --augment, --jpeg-align and --perturb need --data")
+    from causalclip_cli.feature_store import open_features
+
+    store = open_features(features)
+    _console().print(f"features: {features} ({len(store.samples)} images, backbone {store.meta.get('backbone_id')})")
+    return store
 
 
 def _pick_split(ds, split: str | None) -> tuple[str, list]:  # noqa: ANN001
@@ -243,18 +265,21 @@ def run_eval(req: EvalRequest) -> dict:
 
     perturbations = parse_perturbations(req.perturb)
     det = load_detector(req.checkpoint, device=resolve_device(req.device), backbone_weights=req.backbone_weights)
-    ds = _discover(req.data, req.layout, req.subsets)
+    store = _feature_store(req.data, req.features, perturbations)
+    ds = store.dataset(req.subsets) if store else _discover(req.data, req.layout, req.subsets)
     split, samples = _pick_split(ds, req.split)
     thr = det.decision.threshold if req.threshold is None else req.threshold
     align_q = det.metadata.get("preprocess", {}).get("jpeg_align")
     align = jpeg(int(align_q)) if align_q else None
     from causalclip_cli.transforms import compose
 
-    report: dict = {"checkpoint": str(det.path), "model": det.model_id, "data": str(req.data),
+    report: dict = {"checkpoint": str(det.path), "model": det.model_id, "data": str(req.features or req.data),
                     "layout": ds.layout, "split": split, "threshold": thr, "conditions": {}}
     curves = {}
+    if store:
+        store.check(det.backbone.info.id, det.preprocess.key() + (f"-{align.name}" if align else ""))
     for t in [None, *perturbations]:
-        fs = _detector_features(det, samples, req, compose(align, t))
+        fs = store.features(samples) if store else _detector_features(det, samples, req, compose(align, t))
         probs = _probs(det, fs.x)
         name = "clean" if t is None else t.name
         report["conditions"][name] = per_group_metrics(fs.y, probs, fs.groups, thr)

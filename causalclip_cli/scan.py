@@ -54,7 +54,6 @@ def scan_records(
     from causalclip_cli.data import make_loader
 
     decision = resolve_decision(detector.decision, options)
-    threshold = decision.threshold
     model = detector.model_id
     pin = detector.device.startswith("cuda")
     loader = make_loader(files, detector.preprocess, options.batch_size, options.workers, pin_memory=pin,
@@ -62,23 +61,34 @@ def scan_records(
     start = time.perf_counter()
     for batch in loader:
         probs = detector.probabilities(batch.tensor).tolist() if batch.tensor is not None else []
-        by_item = dict(zip(batch.good, probs, strict=True))
-        for j, item in enumerate(batch.items):
-            if item["skipped"]:
+        for rec in batch_records(batch.items, batch.good, probs, decision, model):
+            if rec is None:
                 summary.skipped += 1
                 continue
-            if j in by_item:
-                p = float(by_item[j])
-                rec = ScanRecord(item["path"], p, decision.label(p), threshold, model,
-                                 item.get("width"), item.get("height"), None, item.get("provenance"))
-            else:
-                rec = ScanRecord(item["path"], None, None, threshold, model, item.get("width"),
-                                 item.get("height"), item.get("error") or "unreadable", item.get("provenance"))
             summary.add(rec)
             yield rec
         summary.seconds = time.perf_counter() - start
         if on_progress:
             on_progress(len(batch.items))
+
+
+def batch_records(items: list[dict], good: list[int], probs: list[float], decision: Decision,
+                  model: str) -> list[ScanRecord | None]:
+    """A decoded batch and the probabilities of its `good` items → one record per item, in item order
+    (None for a non-image met while walking a folder: skipped, not reported). Shared by every engine."""
+    by_item = dict(zip(good, probs, strict=True))
+    out: list[ScanRecord | None] = []
+    for j, item in enumerate(items):
+        if item["skipped"]:
+            out.append(None)
+        elif j in by_item:
+            p = float(by_item[j])
+            out.append(ScanRecord(item["path"], p, decision.label(p), decision.threshold, model,
+                                  item.get("width"), item.get("height"), None, item.get("provenance")))
+        else:
+            out.append(ScanRecord(item["path"], None, None, decision.threshold, model, item.get("width"),
+                                  item.get("height"), item.get("error") or "unreadable", item.get("provenance")))
+    return out
 
 
 def error_records(errors: Iterable[tuple[str, str]], threshold: float, model: str) -> Iterator[ScanRecord]:
