@@ -253,15 +253,15 @@ def test_pgd_flips_most_verdicts_of_released_head(shared_data: Path) -> None:
 
     det = load_detector("causalclip-vitb16", device="cpu")
     # Generated images from a source the released head never saw (modern-2025), plus held-out reals.
-    fakes = sorted((shared_data / "modern-2025" / "flux.1-dev" / "1_fake").glob("*.jpg"))[:3]
-    reals = sorted((shared_data / "modern-2025" / "flux.1-dev" / "0_real").glob("*.jpg"))[:2]
+    fakes = sorted((shared_data / "modern-2025" / "flux.1-dev" / "1_fake").glob("*.jpg"))[:2]
+    reals = sorted((shared_data / "modern-2025" / "flux.1-dev" / "0_real").glob("*.jpg"))[:1]
     px, ok, _ = load_pixels([str(p) for p in fakes + reals], det)
-    assert len(ok) == 5
+    assert len(ok) == 3
     thr = det.decision.threshold
     before = probabilities(det, px) >= thr
     # Each image is pushed to the verdict opposite of the one it gets now.
-    adv = attack(det, px, (~before).long(), AttackConfig(eps=4.0, steps=5, batch_size=5))
+    adv = attack(det, px, (~before).long(), AttackConfig(eps=4.0, steps=3, batch_size=3))
     after = probabilities(det, adv) >= thr
     flipped = (after != before).float().mean()
     assert float((adv - px).abs().amax()) <= 4 / 255 + 1e-6
-    assert flipped >= 0.6, f"PGD at 4/255 flipped only {float(flipped):.2f} of verdicts"
+    assert flipped >= 2 / 3, f"PGD at 4/255 flipped only {float(flipped):.2f} of verdicts"
