@@ -54,7 +54,7 @@ def _manifest() -> dict[str, str]:
 
 def held_out_sample(n: int) -> tuple[list[str], np.ndarray]:
     """n/2 generated + n/2 real, half from modern-2025 and half from multigen-2022 files outside the
-    release manifest, evenly spread over the sorted file lists (deterministic)."""
+    release manifest (where there are any), evenly spread over the sorted file lists (deterministic)."""
     used = set(_manifest())
     files, labels = [], []
     for label, folder in ((1, "1_fake"), (0, "0_real")):
@@ -63,7 +63,9 @@ def held_out_sample(n: int) -> tuple[list[str], np.ndarray]:
                         if p.suffix.lower() in IMAGE_SUFFIXES)
         multi = sorted(str(p.resolve()) for p in (SHARED_DATA / "multigen-2022").glob(f"*/{folder}/*")
                        if p.suffix.lower() in IMAGE_SUFFIXES and str(p.resolve()) not in used)
-        chosen = _spread(modern, per - per // 2) + _spread(multi, per // 2)
+        # multigen-2022's reals are all in the release manifest: then every real comes from modern-2025.
+        n_multi = min(per // 2, len(multi))
+        chosen = _spread(modern, per - n_multi) + _spread(multi, n_multi)
         files += chosen
         labels += [label] * len(chosen)
     return files, np.array(labels)
