@@ -86,7 +86,14 @@ def main() -> None:
     ap.add_argument("--purifier-iterations", type=int, default=300)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--render", action="store_true", help="only rewrite results/adversarial.md from the JSON")
     args = ap.parse_args()
+    if args.render:
+        import json
+
+        data = json.loads((RESULTS / "adversarial.json").read_text(encoding="utf-8"))
+        (RESULTS / "adversarial.md").write_text(render_md(data), encoding="utf-8")
+        return
     apply_threads(args.threads)
 
     from causalclip_cli.adversarial import AttackConfig, attack, condition_report, load_pixels, perturbation_stats
@@ -234,11 +241,39 @@ def _f(v: object) -> str:
     return "–" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def render_summary(r: dict) -> list[str]:
+    """Pivot: one row per attack, one column per purifier; a cell is 'ASR / AP after' on the CausalCLIP head
+    (for the linear-crafted attack: transferred to the CausalCLIP head). Adaptive attacks fill one row."""
+    if not r["clean"]:
+        return []
+    purs = list(r["clean"]["causalclip"])
+    lines = ["| CausalCLIP head | " + " | ".join(purs) + " |", "|---|" + "---|" * len(purs),
+             "| clean AP (acc) | " + " | ".join(f"{_f(r['clean']['causalclip'][p]['ap'])} "
+                                              f"({_f(r['clean']['causalclip'][p]['accuracy'])})" for p in purs) + " |"]
+    adaptive = {}
+    for key, a in r["attacks"].items():
+        if a.get("adaptive"):
+            adaptive[a["through"]] = a["eval"][a["through"]]["causalclip"]
+            continue
+        cells = []
+        for p in purs:
+            m = a["eval"].get(p, {}).get("causalclip")
+            cells.append("–" if m is None else f"{_f(m['success_rate'])} / {_f(m['ap_after'])}")
+        label = key + (" → causalclip (transfer)" if a["crafted_on"] != "causalclip" else "")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if adaptive:
+        cells = [f"{_f(adaptive[p]['success_rate'])} / {_f(adaptive[p]['ap_after'])}" if p in adaptive else "–"
+                 for p in purs]
+        lines.append("| adaptive pgd eps4 (through the purifier) | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_md(r: dict) -> str:
     heads = list(r["clean"])
     purs = list(next(iter(r["clean"].values()))) if r["clean"] else []
     lines = [f"# Adversarial robustness ({len(r['images'])} held-out images; `{r['command']}`)", "",
-             r["note"], "", "## Clean AP / accuracy per purifier", "",
+             r["note"], "", "## Summary: attack success rate / AP after, CausalCLIP head", "",
+             *render_summary(r), "", "## Clean AP / accuracy per purifier", "",
              "| purifier | " + " | ".join(f"{h} AP | {h} acc" for h in heads) + " |",
              "|---|" + "---|---|" * len(heads)]
     for p in purs:

@@ -197,9 +197,14 @@ def load_pixels(paths: list[str], detector: Detector, batch_size: int = 16, work
                 ) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
     """Decode + resize/crop through the checkpoint's preprocessing → ([0, 1] pixels, ok indices, failures)."""
     from causalclip_cli.data import make_loader
+    from causalclip_cli.transforms import jpeg
 
+    # A head trained with --jpeg-align sees every image re-encoded at that quality first, as in `eval`.
+    align_q = detector.metadata.get("preprocess", {}).get("jpeg_align")
+    align = jpeg(int(align_q)) if align_q else None
     xs, ok, failed = [], [], []
-    for batch in make_loader(paths, detector.preprocess, batch_size, workers, explicit=paths):
+    for batch in make_loader(paths, detector.preprocess, batch_size, workers, explicit=paths,
+                             pixel_transform=align):
         if batch.tensor is not None:
             xs.append(to_unit(batch.tensor, detector.preprocess))
             ok += [batch.items[j]["index"] for j in batch.good]
