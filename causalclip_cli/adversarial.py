@@ -67,10 +67,29 @@ def logits_from_pixels(detector: Detector, pixels: torch.Tensor, purifier: Purif
 
     The purifier, if any, is applied as an adaptive attacker sees it (`for_attack`)."""
     detector.head.eval()
+    # Checkpoints may read intermediate layers and map logits through a calibration (a·logit + b);
+    # checkpoints without those fields use the final embedding and the identity map.
+    spec = getattr(detector, "features", None)
+    layers = tuple(getattr(spec, "layers", (0,)))
+    a, b = getattr(detector, "scaling", (1.0, 0.0))
     with torch.inference_mode(False), torch.enable_grad():
         x = purifier.for_attack(pixels) if purifier is not None else pixels
-        feats = detector.backbone.tower(normalise(x, detector.preprocess))
-        return detector.head(feats.float())
+        xn = normalise(x, detector.preprocess)
+        if layers == (0,):
+            feats = detector.backbone.tower(xn)
+        else:
+            from causalclip_cli.taps import forward_layers
+
+            feats = forward_layers(detector.backbone.tower, xn, layers)
+        return a * detector.head(feats.float()) + b
+
+
+def check_attackable(detector: Detector) -> None:
+    """Attacks work on one view of the image at the tower's input size; multi-crop checkpoints score
+    several crops of the full-resolution image, which this attack does not model."""
+    if getattr(detector.preprocess, "views", 1) != 1:
+        raise UsageError(f"{detector.path.name}: attacks and `eval --purify` support single-view checkpoints only "
+                         f"(this one scores {detector.preprocess.views} crops per image)")
 
 
 def probabilities(detector: Detector, pixels: torch.Tensor, purifier: Purifier | None = None,
@@ -110,6 +129,7 @@ def attack(detector: Detector, pixels: torch.Tensor, target: torch.Tensor, cfg: 
 
     Every output pixel stays within eps/255 of its input and inside [0, 1]. `purifier`: attack the
     purified pipeline (adaptive attack)."""
+    check_attackable(detector)
     gen = torch.Generator().manual_seed(cfg.seed)
     out = []
     for i in range(0, pixels.shape[0], cfg.batch_size):
@@ -251,6 +271,8 @@ def run_robust_eval(req: RobustEvalRequest, log: TextIO | None = None) -> dict:
         src = load_detector(req.attack_source, device=device, backbone_weights=req.backbone_weights)
         if src.preprocess.to_dict() != det.preprocess.to_dict():
             raise UsageError("--attack-source must use the same preprocessing (input size, mean/std) as --checkpoint")
+    check_attackable(det)
+    check_attackable(src)
     purifier = parse_purifier(req.purify, device)
     ds = _discover(req.data, req.layout, req.subsets)
     split, samples = _pick_split(ds, req.split)

@@ -68,6 +68,22 @@ def test_gradient_is_nonzero_and_matches_finite_difference(tiny, pixels: torch.T
     assert torch.isclose(fd, analytic, rtol=3e-2), (float(fd), float(analytic))
 
 
+def test_attack_path_scores_like_the_detector(tiny, pixels: torch.Tensor) -> None:
+    # The differentiable path must compute the very probabilities scan/eval report (same features, head,
+    # calibration), or the attack would optimise something else than the verdict.
+    with torch.no_grad():
+        via_attack = torch.sigmoid(logits_from_pixels(tiny, pixels))
+    assert torch.allclose(via_attack, probabilities(tiny, pixels), atol=1e-5)
+
+
+def test_multi_view_checkpoints_are_refused(pixels: torch.Tensor) -> None:
+    from types import SimpleNamespace
+
+    det = SimpleNamespace(preprocess=SimpleNamespace(views=3), path=Path("multi.safetensors"))
+    with pytest.raises(UsageError, match="single-view"):
+        attack(det, pixels[:1], torch.zeros(1), AttackConfig())
+
+
 def test_head_is_deterministic_in_attack_path(tiny, pixels: torch.Tensor) -> None:
     tiny.head.train()  # even if someone left it in training mode, the attack path must not sample Gumbel noise
     a = logits_from_pixels(tiny, pixels[:2]).detach()
