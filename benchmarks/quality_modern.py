@@ -50,19 +50,20 @@ class Config:
     variant: str = "native"
 
 
+MID = (0, 4, 6, 8, 10, 12)
 CONFIGS = {c.name: c for c in [
     Config("resize-final", (0,), variant="resize"),
-    Config("final", (0,)),
-    Config("final-5crops", (0,), views=5),
-    Config("all", ALL),
-    Config("all-weighted", ALL, combine="weighted"),
-    Config("late", (0, 8, 9, 10, 11, 12)),
-    Config("mid", (0, 4, 6, 8, 10, 12)),
-    Config("mid-aug", (0, 4, 6, 8, 10, 12), aug=2),
-    Config("mid-5crops", (0, 4, 6, 8, 10, 12), views=5),
-    Config("mid-aug-5crops", (0, 4, 6, 8, 10, 12), aug=2, views=5),
-    Config("all-aug", ALL, aug=2),
-    Config("all-aug-5crops", ALL, aug=2, views=5),
+    Config("resize-final-aug", (0,), aug=2, variant="resize"),
+    Config("resize-all", ALL, variant="resize"),
+    Config("resize-all-weighted", ALL, combine="weighted", variant="resize"),
+    Config("resize-mid", MID, variant="resize"),
+    Config("resize-mid-aug", MID, aug=2, variant="resize"),
+    Config("resize-all-aug", ALL, aug=2, variant="resize"),
+    Config("native-final", (0,)),
+    Config("native-final-5crops", (0,), views=5),
+    Config("native-all", ALL),
+    Config("native-all-5crops", ALL, views=5),
+    Config("native-all-aug", ALL, aug=2),
 ]}
 
 
@@ -87,10 +88,12 @@ def load_all() -> list[Src]:
             f = {}
             x, y, paths = embed_variant(samples, "native", 1, ALL, label=name)
             f["native"] = x
-            f["aug1"] = embed_variant(samples, "native", 1, ALL, transform="degrade1", label=name)[0]
+            f["native-aug1"] = embed_variant(samples, "native", 1, ALL, transform="degrade1", label=name)[0]
+            f["resize"] = embed_variant(samples, "resize", 1, ALL, label=name)[0]
+            f["resize-aug1"] = embed_variant(samples, "resize", 1, ALL, transform="degrade1", label=name)[0]
             if grp != "old":
-                f["aug2"] = embed_variant(samples, "native", 1, ALL, transform="degrade2", label=name)[0]
-                f["resize"] = embed_variant(samples, "resize", 1, ALL, label=name)[0]
+                f["native-aug2"] = embed_variant(samples, "native", 1, ALL, transform="degrade2", label=name)[0]
+                f["resize-aug2"] = embed_variant(samples, "resize", 1, ALL, transform="degrade2", label=name)[0]
                 f["tiny"] = embed_variant(samples, "tiny", 1, ALL, label=name)[0]
             if grp == "modern":
                 f["native5"] = embed_variant(samples, "native", 5, ALL, label=name)[0]
@@ -110,10 +113,8 @@ def _segments(layers: tuple[int, ...]) -> list[int]:
 
 def train_x(s: Src, cfg: Config) -> np.ndarray:
     """[n, a, d]: the clean view and up to cfg.aug augmented views (sources with fewer repeat theirs)."""
-    base = s.feats["resize" if cfg.variant == "resize" else "native"]
-    if cfg.variant == "resize" and "resize" not in s.feats:
-        raise KeyError("resize features exist for modern/faces only")
-    alts = [base] + [s.feats.get(f"aug{k}", s.feats["aug1"]) for k in range(1, cfg.aug + 1)]
+    v = cfg.variant
+    alts = [s.feats[v]] + [s.feats.get(f"{v}-aug{k}", s.feats[f"{v}-aug1"]) for k in range(1, cfg.aug + 1)]
     return _cols(np.stack(alts, axis=1), cfg.layers)
 
 
@@ -205,7 +206,9 @@ def protocol_folds(srcs: list[Src]) -> dict[str, list[tuple[list[Src], list[Src]
         drop = YETTER if held.name in YETTER else {held.name}
         train = old + [s for s in modern + faces if s.name not in drop]
         folds_e.append((train, [held]))
-    return {"D": [(old, modern + faces)], "E": folds_e}
+    from quality import protocols
+
+    return {"D": [(old, modern + faces)], "E": folds_e, **protocols(old)}
 
 
 def released_reference(srcs: list[Src]) -> dict:
@@ -235,6 +238,8 @@ def size_format(srcs: list[Src]) -> dict:
 
     out = {}
     for proto, folds in protocol_folds(srcs).items():
+        if proto not in ("D", "E"):
+            continue
         rows = {}
         for train, tests in folds:
             xs = np.concatenate([_size_format_features(s.paths) for s in train])
@@ -256,7 +261,7 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", default=["final", "all", "mid", "mid-aug"])
     ap.add_argument("--methods", nargs="+", default=["causalclip", "linear"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--protocols", nargs="+", default=["D", "E"])
+    ap.add_argument("--protocols", nargs="+", default=["D", "E"], help="D E A B:diffusion→gan B:gan→diffusion C")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "quality_modern.json")
     args = ap.parse_args()
     t0 = time.time()
@@ -277,7 +282,7 @@ def main() -> None:
                         score = fit(method, cfg, train, seed)
                         rows.update(evaluate(score, cfg, tests, tests))
                     per_seed.append(rows)
-                    gens = [k for k in rows if k.startswith(("modern/", "faces/stylegan3")) and ":" not in k]
+                    gens = [k for k in rows if ":" not in k and k not in ("faces/ffhq-pair", "photoreal-pooled")]
                     print(f"{proto} {cname:16s} {method:10s} seed {seed}: mean AP {_mean(rows, gens):.4f} "
                           f"photoreal {rows.get('photoreal-pooled', {}).get('ap', float('nan')):.4f} "
                           f"({time.time() - t1:.0f} s)", file=sys.stderr, flush=True)

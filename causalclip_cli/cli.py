@@ -50,6 +50,17 @@ class EvalFmt(str, Enum):
     csv = "csv"
 
 
+class AttackKind(str, Enum):
+    pgd = "pgd"
+    fgsm = "fgsm"
+
+
+class AttackTarget(str, Enum):
+    real = "real"
+    fake = "fake"
+    both = "both"
+
+
 class HeadKind(str, Enum):
     causalclip = "causalclip"
     linear = "linear"
@@ -188,6 +199,8 @@ def scan(
                                                      "(default: start Ray on this machine).")] = None,
     actors: Annotated[int | None, typer.Option(min=1, help="--engine ray: detector actors (default: one per "
                                                            "GPU, else 1).")] = None,
+    purify: Annotated[str | None, typer.Option(
+        help="Purify inputs first: jpeg[:Q], blur[:SIGMA], rescale[:FACTOR], median[:K] or learned:PATH.")] = None,
 ) -> None:
     """Score images: a fake probability and a label per file, a summary on stderr.
 
@@ -208,6 +221,8 @@ def scan(
         if not inputs:
             raise UsageError("no input paths given")
         if engine == Engine.ray:
+            if purify:
+                raise UsageError("--purify is not available with --engine ray")
             if html is not None:
                 raise UsageError("--html is not available with --engine ray",
                                  hint="write --output results.jsonl, then run `causalclip report results.jsonl`")
@@ -218,6 +233,10 @@ def scan(
 
         dev = _device(device)
         detector = load_detector(checkpoint, device=dev, backbone_weights=backbone_weights, allow_download=True)
+        if purify:
+            from causalclip_cli.purify import parse_purifier, with_purifier
+
+            detector = with_purifier(detector, parse_purifier(purify, dev))
     except CausalClipError as exc:
         raise _fail(exc) from None
 
@@ -418,8 +437,46 @@ def evaluate(
     backbone_weights: Annotated[str | None, typer.Option()] = None,
     features: Annotated[str | None, typer.Option(help="Evaluate on Parquet features from `causalclip embed` "
                                                       "instead of --data.")] = None,
+    attack: Annotated[AttackKind | None, typer.Option(help="White-box L-inf attack: pgd or fgsm.")] = None,
+    eps: Annotated[float, typer.Option(help="Attack budget in 1/255 units.")] = 4.0,
+    steps: Annotated[int, typer.Option(min=1, help="PGD iterations.")] = 10,
+    step_size: Annotated[float | None, typer.Option(help="1/255 units (default 2.5*eps/steps; FGSM: eps).")
+                         ] = None,
+    random_start: Annotated[bool, typer.Option("--random-start/--no-random-start")] = True,
+    target: Annotated[AttackTarget, typer.Option(
+        help="real: push generated images to 'real'; fake: reals to 'fake'; both: each as a condition.")
+                      ] = AttackTarget.both,
+    attack_source: Annotated[str | None, typer.Option(
+        help="Craft the attack on this checkpoint, evaluate on --checkpoint (transfer).")] = None,
+    purify: Annotated[str | None, typer.Option(
+        help="Purify inputs first: jpeg[:Q], blur[:SIGMA], rescale[:FACTOR], median[:K] or learned:PATH.")] = None,
+    adaptive: Annotated[bool, typer.Option(help="Attack through the purifier (BPDA for JPEG).")] = False,
+    limit: Annotated[int | None, typer.Option(min=2, help="Attack/purify eval: a deterministic, class-balanced "
+                                                   "sample of at most N images.")] = None,
 ) -> None:
-    """Per-generator accuracy, AP, AUC and TPR at 1%/5% FPR of a checkpoint on a dataset."""
+    """Per-generator accuracy, AP, AUC and TPR at 1%/5% FPR of a checkpoint on a dataset.
+
+    With --attack and/or --purify: attack success rate, AP and accuracy before/after, and the
+    perturbation's L-inf and PSNR, per attack condition."""
+    if attack is not None or purify:
+        from causalclip_cli.adversarial import RobustEvalRequest, render_robust, run_robust_eval
+
+        try:
+            if perturb or plot:
+                raise UsageError("--perturb and --plot cannot be combined with --attack/--purify")
+            if data is None:
+                raise UsageError("--attack/--purify need --data (images, not Parquet features)")
+            rreq = RobustEvalRequest(
+                data=data, checkpoint=checkpoint, split=split, subsets=subset or None, layout=layout,
+                threshold=threshold, attack=attack.value if attack else None, eps=eps, steps=steps,
+                step_size=step_size, random_start=random_start, target=target.value, attack_source=attack_source,
+                purify=purify, adaptive=adaptive, limit=limit, device=device, workers=workers,
+                batch_size=min(batch_size, 8), backbone_weights=backbone_weights)
+            report = run_robust_eval(rreq)
+        except CausalClipError as exc:
+            raise _fail(exc) from None
+        render_robust(report, fmt.value, sys.stdout)
+        return
     from causalclip_cli.experiment import EvalRequest, render_eval, run_eval
 
     req = EvalRequest(data=data, checkpoint=checkpoint, split=split, subsets=subset or None, layout=layout,
@@ -499,6 +556,54 @@ def calibrate(
     except CausalClipError as exc:
         raise _fail(exc) from None
     typer.echo(json.dumps(result, indent=2))
+
+
+@app.command(name="train-purifier")
+@_interruptible
+def train_purifier_cmd(
+    paths: Annotated[list[str], typer.Argument(help="Clean training images: files and folders (no labels needed).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Purifier file to write (.safetensors).")],
+    checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c",
+                                                   help="Detector the training attacks are crafted on.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Use at most N images (evenly spread).")] = None,
+    eps: Annotated[str, typer.Option(help="Attack budgets of the training pairs, 1/255 units, comma-separated.")
+                   ] = "2,4,8",
+    steps: Annotated[int, typer.Option(min=1, help="PGD iterations per training example.")] = 5,
+    iterations: Annotated[int, typer.Option(min=1, help="Optimiser steps of the denoiser.")] = 300,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option()] = "auto",
+    workers: Annotated[int, typer.Option(min=0)] = 2,
+) -> None:
+    """Train the learned purifier (a small residual denoising CNN) on PGD examples of the given images."""
+    try:
+        from causalclip_cli.adversarial import load_pixels
+        from causalclip_cli.checkpoint import load_detector
+        from causalclip_cli.data import discover
+        from causalclip_cli.purify import PurifierTrainConfig, save_purifier, train_purifier
+
+        try:
+            eps_choices = tuple(float(e) for e in eps.split(",") if e.strip())
+        except ValueError as exc:
+            raise UsageError(f"--eps {eps!r}: expected numbers separated by commas") from exc
+        if not eps_choices or any(not 0 < e <= 255 for e in eps_choices):
+            raise UsageError(f"--eps {eps!r}: budgets must be in (0, 255]")
+        if output.suffix != ".safetensors":
+            raise UsageError(f"--output {output}: purifiers are .safetensors files")
+        files = discover(paths).files
+        if limit is not None and len(files) > limit:
+            files = [files[int(i * len(files) / limit)] for i in range(limit)]
+        det = load_detector(checkpoint, device=_device(device))
+        pixels, _, failed = load_pixels(files, det, 16, workers)
+        err = _stderr()
+        for path, reason in failed[:5]:
+            err.print(f"warning: skipped {path}: {reason}")
+        err.print(f"train-purifier: {pixels.shape[0]} images, checkpoint {det.path.name}")
+        cfg = PurifierTrainConfig(eps_choices=eps_choices, attack_steps=steps, iterations=iterations, seed=seed)
+        net, summary = train_purifier(det, pixels, cfg, progress=lambda m: err.print(m))
+        save_purifier(output, net, {"training": summary})
+    except CausalClipError as exc:
+        raise _fail(exc) from None
+    typer.echo(json.dumps({"purifier": str(output), **summary}, indent=2))
 
 
 def main() -> None:

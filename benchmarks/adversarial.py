@@ -1,0 +1,304 @@
+"""Adversarial robustness of the released heads, with and without input purification.
+
+    python benchmarks/adversarial.py [--images 12] [--train-images 8] [--steps 3] [--threads 2]
+
+Held-out images (sources or files the released heads never trained on: modern-2025, and the
+multigen-2022 files outside benchmarks/results/release-manifest.csv), a deterministic class-balanced
+sample. Every image is attacked toward the verdict opposite of its label (generated → real, real →
+fake), white-box L∞ PGD through preprocessing, backbone and head (library: causalclip_cli.adversarial).
+
+Stages (results are written after each, so a cut-off run keeps what it measured):
+1. clean AP/accuracy of both heads under each purifier (none, jpeg:75, blur:1, rescale:0.5, median:3,
+   learned) — the clean cost of purification;
+2. the learned purifier: trained on PGD examples of *training* images (release manifest) against the
+   CausalCLIP head, saved to benchmarks/results/purifier-vitb16.safetensors;
+3. non-adaptive: PGD at eps 1, 2, 4, 8 /255 on the CausalCLIP head, FGSM at 4, PGD at 4 on the linear
+   head; each evaluated under every purifier, and transferred to the other head;
+4. adaptive: PGD at eps 4 through each purifier (BPDA for JPEG), on the CausalCLIP head.
+
+The backbone is shared by both heads, so each (image set, purifier) is embedded once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks._util import REPO, RESULTS, SHARED_DATA, apply_threads, log, machine_info, write_results  # noqa: E402
+
+MANIFEST = RESULTS / "release-manifest.csv"
+PURIFIER_OUT = RESULTS / "purifier-vitb16.safetensors"
+BASELINES = ["jpeg:75", "blur:1", "rescale:0.5", "median:3"]
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def _spread(items: list, n: int) -> list:
+    if n >= len(items):
+        return list(items)
+    return [items[int(i * len(items) / n)] for i in range(n)]
+
+
+def _manifest() -> dict[str, str]:
+    with open(MANIFEST, newline="", encoding="utf-8") as fh:
+        return {str((MANIFEST.parent / r["path"]).resolve()): r["split"] for r in csv.DictReader(fh)}
+
+
+def held_out_sample(n: int) -> tuple[list[str], np.ndarray]:
+    """n/2 generated + n/2 real, half from modern-2025 and half from multigen-2022 files outside the
+    release manifest (where there are any), evenly spread over the sorted file lists (deterministic)."""
+    used = set(_manifest())
+    files, labels = [], []
+    for label, folder in ((1, "1_fake"), (0, "0_real")):
+        per = n // 2
+        modern = sorted(str(p.resolve()) for p in (SHARED_DATA / "modern-2025").glob(f"*/{folder}/*")
+                        if p.suffix.lower() in IMAGE_SUFFIXES)
+        multi = sorted(str(p.resolve()) for p in (SHARED_DATA / "multigen-2022").glob(f"*/{folder}/*")
+                       if p.suffix.lower() in IMAGE_SUFFIXES and str(p.resolve()) not in used)
+        # multigen-2022's reals are all in the release manifest: then every real comes from modern-2025.
+        n_multi = min(per // 2, len(multi))
+        chosen = _spread(modern, per - n_multi) + _spread(multi, n_multi)
+        files += chosen
+        labels += [label] * len(chosen)
+    return files, np.array(labels)
+
+
+def training_sample(n: int) -> list[str]:
+    """n images from the release's training split (never evaluated here), for the learned purifier."""
+    train = sorted(p for p, split in _manifest().items() if split == "train" and Path(p).is_file())
+    return _spread(train, n)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=12, help="held-out images (half generated)")
+    ap.add_argument("--train-images", type=int, default=8, help="training images for the learned purifier")
+    ap.add_argument("--steps", type=int, default=3, help="PGD iterations")
+    ap.add_argument("--eps", default="1,2,4,8", help="budgets of the non-adaptive sweep, 1/255 units")
+    ap.add_argument("--purifier-iterations", type=int, default=300)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--render", action="store_true", help="only rewrite results/adversarial.md from the JSON")
+    args = ap.parse_args()
+    if args.render:
+        import json
+
+        data = json.loads((RESULTS / "adversarial.json").read_text(encoding="utf-8"))
+        (RESULTS / "adversarial.md").write_text(render_md(data), encoding="utf-8")
+        return
+    apply_threads(args.threads)
+
+    from causalclip_cli.adversarial import AttackConfig, attack, condition_report, load_pixels, perturbation_stats
+    from causalclip_cli.checkpoint import Detector, load_detector, load_head
+    from causalclip_cli.metrics import binary_metrics
+    from causalclip_cli.purify import (
+        PurifierTrainConfig,
+        normalise,
+        parse_purifier,
+        save_purifier,
+        train_purifier,
+    )
+
+    t0 = time.perf_counter()
+    det_c = load_detector(str(REPO / "weights" / "causalclip-vitb16.safetensors"), device="cpu")
+    head_l, meta_l = load_head(REPO / "weights" / "linear-vitb16.safetensors")
+    det_l = dataclasses.replace(det_c, head=head_l, metadata=meta_l,
+                                path=REPO / "weights" / "linear-vitb16.safetensors")
+    heads = {"causalclip": det_c, "linear": det_l}
+    files, y = held_out_sample(args.images)
+    pixels, ok, failed = load_pixels(files, det_c, args.batch_size)
+    y = y[ok]
+    log(f"{len(y)} held-out images ({int(y.sum())} generated), {len(failed)} unreadable")
+    target = torch.as_tensor(1 - y)
+    results: dict = {"machine": machine_info("cpu"), "command": " ".join(["python", *sys.argv]),
+                     "note": "shared 2-vCPU machine (other jobs running); timings are indicative only",
+                     "config": vars(args), "images": [str(Path(f).relative_to(SHARED_DATA.resolve()))
+                                                      for f in np.array(files)[ok]],
+                     "thresholds": {k: d.decision.threshold for k, d in heads.items()},
+                     "clean": {}, "purifier_training": None, "attacks": {}, "seconds": {}}
+
+    def save() -> None:
+        results["seconds"]["total"] = round(time.perf_counter() - t0, 1)
+        write_results("adversarial", results)
+        (RESULTS / "adversarial.md").write_text(render_md(results), encoding="utf-8")
+
+    def embed(x: torch.Tensor, purifier) -> torch.Tensor:  # noqa: ANN001
+        out = []
+        for i in range(0, len(x), args.batch_size):
+            b = x[i:i + args.batch_size]
+            if purifier is not None:
+                b = purifier(b)
+            out.append(det_c.embed(normalise(b, det_c.preprocess)))
+        return torch.cat(out)
+
+    def probs(det: Detector, feats: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return torch.sigmoid(det.head(feats)).numpy()
+
+    # ---- stage 2 first: the learned purifier is needed by every later stage
+    ts = time.perf_counter()
+    train_files = training_sample(args.train_images)
+    train_px, _, _ = load_pixels(train_files, det_c, args.batch_size)
+    pcfg = PurifierTrainConfig(attack_steps=args.steps, iterations=args.purifier_iterations)
+    net, summary = train_purifier(det_c, train_px, pcfg, progress=log)
+    save_purifier(PURIFIER_OUT, net, {"training": {**summary, "images": "benchmarks/results/release-manifest.csv "
+                                                   f"train split, {len(train_files)} evenly spread"}})
+    results["purifier_training"] = summary
+    results["seconds"]["purifier_training"] = round(time.perf_counter() - ts, 1)
+    purifiers = {"none": None, **{b: parse_purifier(b) for b in BASELINES},
+                 "learned": parse_purifier(f"learned:{PURIFIER_OUT}")}
+    log(f"purifier trained in {results['seconds']['purifier_training']} s")
+
+    # ---- stage 1: clean cost of each purifier
+    ts = time.perf_counter()
+    clean_probs: dict[str, dict[str, np.ndarray]] = {}
+    for pname, pur in purifiers.items():
+        feats = embed(pixels, pur)
+        clean_probs[pname] = {}
+        for hname, det in heads.items():
+            p = probs(det, feats)
+            clean_probs[pname][hname] = p
+            results["clean"].setdefault(hname, {})[pname] = binary_metrics(y, p, det.decision.threshold)
+        log(f"clean {pname}: AP " + ", ".join(f"{h} {_f(results['clean'][h][pname]['ap'])}" for h in heads))
+    results["seconds"]["clean"] = round(time.perf_counter() - ts, 1)
+    save()
+
+    def evaluate(key: str, adv: torch.Tensor, crafted_on: str, spec: dict, only: dict | None = None) -> None:
+        """Evaluate one adversarial set under purifiers (all, or `only`) on both heads."""
+        entry = {"crafted_on": crafted_on, **spec, **perturbation_stats(pixels, adv), "eval": {}}
+        for pname, pur in (only or purifiers).items():
+            feats = embed(adv, pur)
+            for hname, det in heads.items():
+                thr = det.decision.threshold
+                p_after = probs(det, feats)
+                rep = condition_report(y, clean_probs[pname][hname], p_after, np.ones_like(y, dtype=bool), None,
+                                       thr, pixels, adv)
+                per = {}
+                for cname, cls in (("fake→real", 1), ("real→fake", 0)):
+                    m = y == cls
+                    c = condition_report(y, clean_probs[pname][hname], p_after, m, None, thr, pixels, adv)
+                    per[cname] = {"success_rate": c["success_rate"], "n_correct_before": c["n_correct_before"]}
+                entry["eval"].setdefault(pname, {})[hname] = {
+                    "success_rate": rep["success_rate"], "n_correct_before": rep["n_correct_before"],
+                    "ap_before": rep["before"]["ap"], "ap_after": rep["after"]["ap"],
+                    "acc_before": rep["before"]["accuracy"], "acc_after": rep["after"]["accuracy"], **per}
+        results["attacks"][key] = entry
+        ev = entry["eval"]
+        log(f"{key}: " + "; ".join(f"{p}: ASR {_f(ev[p][crafted_on]['success_rate'])} "
+                                    f"AP {_f(ev[p][crafted_on]['ap_after'])}" for p in ev)
+            + f"  ({time.perf_counter() - t0:.0f} s)")
+        save()
+
+    def non_adaptive(eps: float) -> None:
+        ts = time.perf_counter()
+        adv = attack(det_c, pixels, target, AttackConfig("pgd", eps, args.steps, batch_size=args.batch_size))
+        results["seconds"][f"pgd-eps{eps:g}"] = round(time.perf_counter() - ts, 1)
+        evaluate(f"pgd eps{eps:g} on causalclip", adv, "causalclip",
+                 {"method": "pgd", "eps": eps, "steps": args.steps, "adaptive": False})
+
+    # Most important first, so a run cut short still answers the main questions.
+    # ---- stage 3a: non-adaptive PGD at eps 4, under every purifier
+    sweep = [float(e) for e in args.eps.split(",")]
+    if 4.0 in sweep:
+        non_adaptive(4.0)
+    # ---- stage 4: adaptive, through each purifier
+    for pname, pur in purifiers.items():
+        if pur is None:
+            continue
+        ts = time.perf_counter()
+        adv = attack(det_c, pixels, target, AttackConfig("pgd", 4.0, args.steps, batch_size=args.batch_size), pur)
+        results["seconds"][f"adaptive-{pname}"] = round(time.perf_counter() - ts, 1)
+        evaluate(f"adaptive pgd eps4 through {pname}", adv, "causalclip",
+                 {"method": "pgd", "eps": 4.0, "steps": args.steps, "adaptive": True, "through": pname},
+                 only={pname: pur})
+    # ---- stage 3b: the rest of the eps sweep, FGSM, and the attack crafted on the linear head
+    for eps in sweep:
+        if eps != 4.0:
+            non_adaptive(eps)
+    ts = time.perf_counter()
+    adv = attack(det_c, pixels, target, AttackConfig("fgsm", 4.0, batch_size=args.batch_size))
+    results["seconds"]["fgsm-eps4"] = round(time.perf_counter() - ts, 1)
+    evaluate("fgsm eps4 on causalclip", adv, "causalclip", {"method": "fgsm", "eps": 4.0, "steps": 1,
+                                                            "adaptive": False})
+    ts = time.perf_counter()
+    adv = attack(det_l, pixels, target, AttackConfig("pgd", 4.0, args.steps, batch_size=args.batch_size))
+    results["seconds"]["pgd-eps4-linear"] = round(time.perf_counter() - ts, 1)
+    evaluate("pgd eps4 on linear", adv, "linear", {"method": "pgd", "eps": 4.0, "steps": args.steps,
+                                                   "adaptive": False})
+    save()
+    log(f"done in {time.perf_counter() - t0:.0f} s; results in {RESULTS / 'adversarial.json'} and .md")
+
+
+def _f(v: object) -> str:
+    return "–" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def render_summary(r: dict) -> list[str]:
+    """Pivot: one row per attack, one column per purifier; a cell is 'ASR / AP after' on the CausalCLIP head
+    (for the linear-crafted attack: transferred to the CausalCLIP head). Adaptive attacks fill one row."""
+    if not r["clean"]:
+        return []
+    purs = list(r["clean"]["causalclip"])
+    lines = ["| CausalCLIP head | " + " | ".join(purs) + " |", "|---|" + "---|" * len(purs),
+             "| clean AP (acc) | " + " | ".join(f"{_f(r['clean']['causalclip'][p]['ap'])} "
+                                              f"({_f(r['clean']['causalclip'][p]['accuracy'])})" for p in purs) + " |"]
+    adaptive = {}
+    for key, a in r["attacks"].items():
+        if a.get("adaptive"):
+            adaptive[a["through"]] = a["eval"][a["through"]]["causalclip"]
+            continue
+        cells = []
+        for p in purs:
+            m = a["eval"].get(p, {}).get("causalclip")
+            cells.append("–" if m is None else f"{_f(m['success_rate'])} / {_f(m['ap_after'])}")
+        label = key + (" → causalclip (transfer)" if a["crafted_on"] != "causalclip" else "")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if adaptive:
+        cells = [f"{_f(adaptive[p]['success_rate'])} / {_f(adaptive[p]['ap_after'])}" if p in adaptive else "–"
+                 for p in purs]
+        lines.append("| adaptive pgd eps4 (through the purifier) | " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_md(r: dict) -> str:
+    heads = list(r["clean"])
+    purs = list(next(iter(r["clean"].values()))) if r["clean"] else []
+    lines = [f"# Adversarial robustness ({len(r['images'])} held-out images; `{r['command']}`)", "",
+             r["note"], "", "## Summary: attack success rate / AP after, CausalCLIP head", "",
+             *render_summary(r), "", "## Clean AP / accuracy per purifier", "",
+             "| purifier | " + " | ".join(f"{h} AP | {h} acc" for h in heads) + " |",
+             "|---|" + "---|---|" * len(heads)]
+    for p in purs:
+        lines.append(f"| {p} | " + " | ".join(f"{_f(r['clean'][h][p]['ap'])} | {_f(r['clean'][h][p]['accuracy'])}"
+                                             for h in heads) + " |")
+    lines += ["", "## Attacks: success rate (verdicts flipped among those right before) and AP after", "",
+              "| attack | crafted on | L∞ /255 | PSNR dB | purifier | evaluated on | ASR | ASR fake→real | "
+              "ASR real→fake | AP before | AP after | acc after |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key, a in r["attacks"].items():
+        for p, by_head in a["eval"].items():
+            for h, m in by_head.items():
+                lines.append(f"| {key} | {a['crafted_on']} | {_f(a['linf_mean'])} | {_f(a['psnr_mean'])} | {p} | "
+                             f"{h}{' (transfer)' if h != a['crafted_on'] else ''} | {_f(m['success_rate'])} | "
+                             f"{_f(m['fake→real']['success_rate'])} | {_f(m['real→fake']['success_rate'])} | "
+                             f"{_f(m['ap_before'])} | {_f(m['ap_after'])} | {_f(m['acc_after'])} |")
+    if r.get("purifier_training"):
+        t = r["purifier_training"]
+        lines += ["", f"Learned purifier: {t['n_images']} training images, PGD flip rate on them "
+                  f"{t['attack_flip_rate']:.2f}; L1 to clean {t['l1_adv_vs_clean']:.4f} → "
+                  f"{t['l1_purified_adv_vs_clean']:.4f} (clean inputs: {t['l1_purified_clean_vs_clean']:.4f}); "
+                  f"{t['seconds']} s."]
+    lines += ["", "Seconds per stage: " + ", ".join(f"{k} {v}" for k, v in r["seconds"].items())]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
