@@ -392,6 +392,21 @@ def train(
     extract_batch_size: Annotated[int, typer.Option(min=1, help="Batch size of feature extraction.")] = 32,
     cache_dir: Annotated[Path | None, typer.Option(help="Feature cache folder.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run of the same output.")] = False,
+    recipe: Annotated[str, typer.Option(
+        help="resize: short side to 224 (CLIP's recipe); native: no downscale, 224-px crops at full resolution.")
+                      ] = "resize",
+    crops: Annotated[int, typer.Option(help="Crops scored per image at eval/scan time: 1 (centre), 5 (centre + "
+                                            "corners) or 9 (3x3 grid); training reads the centre crop.")] = 1,
+    layers: Annotated[str, typer.Option(
+        help="CLIP features the head reads: final (projection), all (every block's class token + final), blocks, "
+             "A:B (blocks A..B), or a list such as 4:12,final.")] = "final",
+    combine: Annotated[str, typer.Option(help="How layers combine: concat, or weighted (learned per-layer "
+                                              "weights).")] = "concat",
+    aggregate: Annotated[str, typer.Option(help="How an image's crop scores combine: mean or max (of logits).")
+                         ] = "mean",
+    augment_views: Annotated[int, typer.Option(
+        min=0, max=8, help="Cached augmented views per training image (JPEG 60-95, downscale, blur, crop); one "
+                           "is drawn per epoch.")] = 0,
     features: Annotated[str | None, typer.Option(help="Train on Parquet features from `causalclip embed` "
                                                       "(a folder or URI) instead of --data.")] = None,
 ) -> None:
@@ -408,6 +423,7 @@ def train(
                      "dropout": dropout},
         jpeg_align=jpeg_align, augment=augment, device=device, workers=workers,
         extract_batch_size=extract_batch_size, cache_dir=cache_dir, resume=resume, features=features,
+        recipe=recipe, crops=crops, layers=layers, combine=combine, aggregate=aggregate, augment_views=augment_views,
     )
     try:
         result = run_train(req)
@@ -543,15 +559,20 @@ def calibrate(
     device: Annotated[str, typer.Option()] = "auto",
     workers: Annotated[int, typer.Option(min=0)] = 2,
     cache_dir: Annotated[Path | None, typer.Option()] = None,
+    scaling: Annotated[str, typer.Option(
+        help="platt: map the head's scores to calibrated probabilities (fitted on the split's real and generated "
+             "images) before choosing thresholds; none: keep the raw sigmoid; auto: platt when the split has 20 or "
+             "more generated images.")] = "auto",
 ) -> None:
-    """Choose the threshold on held-out real images for a target false-positive rate."""
+    """Calibrate probabilities (Platt scaling) and choose the threshold on held-out real images for a target
+    false-positive rate."""
     from causalclip_cli.experiment import CalibrateRequest, run_calibrate
 
     try:
         band = _parse_band(":".join(sorted((band_fpr or "").split(":")))) if band_fpr else None
         req = CalibrateRequest(data=data, output=output, checkpoint=checkpoint, target_fpr=target_fpr,
                                band_fpr=band, split=split, layout=layout, device=device, workers=workers,
-                               cache_dir=cache_dir)
+                               cache_dir=cache_dir, scaling=scaling)
         result = run_calibrate(req)
     except CausalClipError as exc:
         raise _fail(exc) from None

@@ -607,6 +607,7 @@ def collate_scan(items: list[dict[str, Any]]) -> ScanBatch:
             tensors.append(it["tensor"])
             good.append(j)
         meta.append({k: v for k, v in it.items() if k != "tensor"})
+    tensors = [t if t.dim() == 4 else t.unsqueeze(0) for t in tensors]  # a bare CHW item is one view
     views = tensors[0].shape[0] if tensors else 1
     return ScanBatch(tensor=torch.cat(tensors) if tensors else None, items=meta, good=good, views=views)
 

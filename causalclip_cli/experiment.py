@@ -100,6 +100,12 @@ class TrainRequest:
     cache_dir: Path | None = None
     resume: bool = False
     features: str | None = None  # Parquet features from `causalclip embed`, instead of `data`
+    recipe: str = "resize"  # preprocess mode: resize | native (full-resolution crops)
+    crops: int = 1  # views per image scored at eval/scan time (training reads the centre view)
+    layers: str = "final"  # taps.parse_layers syntax
+    combine: str = "concat"  # concat | weighted (learned per-layer weights)
+    aggregate: str = "mean"  # how an image's crop scores combine: mean | max (of logits)
+    augment_views: int = 0  # cached augmented views per training image, one drawn per epoch
 
 
 def _splits(ds, val_fraction: float, seed: int) -> tuple[list, list]:  # noqa: ANN001
@@ -129,15 +135,35 @@ def run_train(req: TrainRequest) -> dict:
     ds = store.dataset(req.subsets) if store else _discover(req.data, req.layout, req.subsets)
     train_s, val_s = _splits(ds, req.val_fraction, req.seed)
     bb = load_backbone(BackboneSpec(req.backbone, req.pretrained, req.backbone_weights), device=device)
+    from causalclip_cli.taps import FeatureSpec, forward_layers, parse_layers, tower_shape
+
+    shape = tower_shape(bb.tower)
+    try:
+        spec = FeatureSpec(layers=parse_layers(req.layers, shape.depth), aggregate=req.aggregate)
+        recipe = bb.preprocess.with_views(req.recipe, req.crops)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if store and (not spec.final_only or recipe.mode != "resize"):
+        raise UsageError("--features holds final-layer embeddings of the resize recipe: "
+                         "--layers/--recipe need --data")
+    if req.augment_views and store:
+        raise UsageError("--augment-views needs --data")
+    from causalclip_cli.heads import COMBINES
+
+    if req.combine not in COMBINES:
+        raise UsageError(f"--combine must be one of {', '.join(COMBINES)}, not {req.combine!r}")
+    # Training reads one view per image (the centre crop); scoring uses `recipe.views` crops.
+    train_recipe = recipe.with_views(recipe.mode, 1)
+    cache_id = bb.info.id + (f"-{spec.key()}" if spec.key() else "")
 
     def embed(px):  # noqa: ANN001, ANN202
         import torch
 
         with torch.inference_mode():
-            return bb.tower(px.to(device)).float()
+            return forward_layers(bb.tower, px.to(device), spec.layers).float()
 
     align = jpeg(req.jpeg_align) if req.jpeg_align else None
-    common = dict(embed=embed, preprocess=bb.preprocess, backbone_id=bb.info.id, cache_dir=req.cache_dir,
+    common = dict(embed=embed, preprocess=train_recipe, backbone_id=cache_id, cache_dir=req.cache_dir,
                   transform=align, batch_size=req.extract_batch_size, workers=req.workers)
     if store:
         store.check(bb.info.id, bb.preprocess.key())
@@ -146,12 +172,25 @@ def run_train(req: TrainRequest) -> dict:
         tr = dataset_features(train_s, label="train features", **common)
         va = dataset_features(val_s, label="val features", **common)
     x_tr, y_tr = tr.x, tr.y
+    if req.augment_views:
+        from causalclip_cli.transforms import compose, degrade
+
+        views = [x_tr]
+        for k in range(1, req.augment_views + 1):
+            av = dataset_features(train_s, label=f"augmented view {k}", **{**common, "transform": compose(
+                align, degrade(k))})
+            if av.paths != tr.paths:  # a file readable once but not twice: keep the images both have
+                raise DataError("training images changed while their augmented views were computed")
+            views.append(av.x)
+        x_tr = np.stack(views, axis=1)
     if req.augment:
         from causalclip_cli.transforms import compose
 
         aug = compose(align, random_augment(req.augment, req.seed))
         common_aug = {**common, "transform": aug}
         au = dataset_features(train_s, label="augmented copies", use_cache=False, **common_aug)
+        if x_tr.ndim == 3:
+            raise UsageError("--augment (one extra copy) and --augment-views cannot be combined")
         x_tr, y_tr = np.concatenate([x_tr, au.x]), np.concatenate([y_tr, au.y])
     if len(set(y_tr.tolist())) < 2:
         raise DataError("training data has only one class; need real and fake images")
@@ -166,6 +205,7 @@ def run_train(req: TrainRequest) -> dict:
     cfg = TrainConfig(epochs=req.epochs, batch_size=req.batch_size, lr=req.lr, weight_decay=req.weight_decay,
                       patience=req.patience, seed=req.seed, device=device)
     hc = req.head_config if req.head == "causalclip" else {}
+    hc = {**hc, "segments": shape.dims(spec.layers) if not spec.final_only else [], "combine": req.combine}
     result = train_head(req.head, hc, x_tr, y_tr, va.x, va.y, cfg,
                         resume_from=req.output, resume=req.resume, on_epoch=on_epoch)
     import torch
@@ -178,13 +218,15 @@ def run_train(req: TrainRequest) -> dict:
                     "n_train": int(len(tr.y)), "n_val": int(len(va.y)),
                     "n_train_fake": int(tr.y.sum()), "n_val_fake": int(va.y.sum()),
                     "augmented_copies": int(len(y_tr) - len(tr.y)), "jpeg_align": req.jpeg_align,
+                    "augmented_views": req.augment_views,
                     "best_epoch": result.best_epoch, "epochs_run": len(result.history),
                     "stopped_early": result.stopped_early, "seconds": round(result.seconds, 2)},
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in req.__dict__.items()},
         "val_metrics": val_metrics,
         "history": result.history,
     }
-    meta = build_metadata(result.head, bb.info.to_dict(), Decision(0.5), training)
+    meta = build_metadata(result.head, bb.info.to_dict(), Decision(0.5), training, preprocess=recipe.to_dict(),
+                          features=spec.to_dict())
     if req.jpeg_align:
         meta["preprocess"] = {**meta["preprocess"], "jpeg_align": req.jpeg_align}
     save_checkpoint(req.output, result.head, meta)
@@ -346,6 +388,22 @@ class CalibrateRequest:
     workers: int = 2
     batch_size: int = 32
     cache_dir: Path | None = None
+    scaling: str = "auto"  # platt: fit sigmoid(a·logit + b) on the split's reals and fakes; none; auto: platt
+    # when the split has at least 20 generated images, else none
+
+
+def fit_platt(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Logistic regression of the label on the head's logit: probabilities that mean what they say on data
+    like the calibration split, without changing any ranking (a > 0). Weak regularisation (C=100)."""
+    from sklearn.linear_model import LogisticRegression
+
+    z = np.clip(np.asarray(logits, dtype=np.float64), -50, 50).reshape(-1, 1)
+    lr = LogisticRegression(C=100.0, max_iter=1000).fit(z, np.asarray(labels))
+    a, b = float(lr.coef_[0, 0]), float(lr.intercept_[0])
+    if a <= 0:
+        raise DataError("probability scaling failed: the head's scores do not rank this split's fakes above its "
+                        "reals", hint="use --scaling none, or calibrate on data the head separates")
+    return a, b
 
 
 def run_calibrate(req: CalibrateRequest) -> dict:
@@ -359,11 +417,24 @@ def run_calibrate(req: CalibrateRequest) -> dict:
     reals = [s for s in samples if s.label == 0]
     if len(reals) < 20:
         raise DataError(f"only {len(reals)} real images in split {split!r}; calibration needs at least 20")
+    if req.scaling not in ("auto", "platt", "none"):
+        raise UsageError(f"--scaling must be auto, platt or none, not {req.scaling!r}")
+    head, meta = load_head(det.path)
+    fakes = [s for s in samples if s.label == 1]
+    scaling = req.scaling if req.scaling != "auto" else ("platt" if len(fakes) >= 20 else "none")
+    if scaling == "platt":
+        if len(fakes) < 20:
+            raise DataError(f"only {len(fakes)} generated images in split {split!r}; --scaling platt needs at "
+                            "least 20 (or use --scaling none)")
+        both = _detector_features(det, reals + fakes, req)
+        a, b = fit_platt(det.logits(both.x).cpu().numpy(), both.y)
+        meta["scaling"] = {"method": "platt", "a": a, "b": b, "n_real": int((both.y == 0).sum()),
+                           "n_fake": int(both.y.sum()), "data": str(req.data), "split": split}
+        det.metadata["scaling"] = meta["scaling"]
     fs = _detector_features(det, reals, req)
     probs = _probs(det, fs.x)
     thr = float(threshold_at_fpr(probs, req.target_fpr))
     achieved = float((probs >= thr).mean())
-    head, meta = load_head(det.path)
     band = Decision.from_dict(meta.get("decision", {})).uncertain
     calib = {"method": "quantile of held-out real images", "target_fpr": req.target_fpr,
              "achieved_fpr": achieved, "n_real": int(len(probs)), "data": str(req.data), "split": split}

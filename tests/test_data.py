@@ -575,7 +575,7 @@ def test_dataset_items_never_raise(tmp_path):
     assert by_name["vanished.png"]["error"] == "file not found"
     good = by_name["img3.png"]
     assert good["error"] is None and good["tensor"].dtype == torch.float32
-    assert tuple(good["tensor"].shape) == (3, 32, 32)
+    assert tuple(good["tensor"].shape) == (1, 3, 32, 32)  # one view
     assert (good["width"], good["height"], good["format"]) == (33, 26, "png")
     ds2 = ScanDataset(files, PRE)
     skipped = [it for it in (ds2[i] for i in range(len(ds2))) if it["skipped"]]

@@ -124,7 +124,7 @@ def test_100_megapixel_jpeg_scans_at_reduced_scale(tmp_path: Path) -> None:
     assert dec.image.size == (6000, 4200)
     pre = Preprocess(size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     item = ScanDataset([str(path)], pre)[0]
-    assert item["error"] is None and item["tensor"].shape == (3, 32, 32)
+    assert item["error"] is None and item["tensor"].shape == (1, 3, 32, 32)
 
 
 def _with_size(jpeg: bytes, width: int, height: int) -> bytes:
