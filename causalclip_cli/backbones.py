@@ -247,8 +247,10 @@ def load_backbone(
     device: str = "cpu",
     seed: int = 0,
     info: BackboneInfo | None = None,
+    int8: bool = False,
 ) -> Backbone:
-    """Resolve and build the frozen, eval-mode image tower for a spec (`info`: an earlier `locate`)."""
+    """Resolve and build the frozen, eval-mode image tower for a spec (`info`: an earlier `locate`);
+    `int8`: with INT8 linear layers (CPU only; see precision.py)."""
     import torch
 
     spec = spec or BackboneSpec()
@@ -270,6 +272,10 @@ def load_backbone(
         del unexpected  # e.g. a text tower in a full CLIP checkpoint
     tower.requires_grad_(False)
     tower.eval().to(device)
+    if int8:
+        from causalclip_cli.precision import quantize_int8
+
+        quantize_int8(tower)
     return Backbone(tower=tower, preprocess=Preprocess.from_dict(info.preprocess), info=info)
 
 

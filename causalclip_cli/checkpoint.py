@@ -177,6 +177,7 @@ class Detector:
     metadata: dict
     path: Path
     device: str
+    precision: str = "fp32"  # of the tower: fp32, int8 (CPU), fp16 or bf16 (autocast); see precision.py
 
     @property
     def preprocess(self) -> Preprocess:
@@ -191,13 +192,26 @@ class Detector:
 
     @property
     def model_id(self) -> str:
-        return f"{self.path.stem}:{self.head.kind}:{self.backbone.info.config}"
+        base = f"{self.path.stem}:{self.head.kind}:{self.backbone.info.config}"
+        return base if self.precision == "fp32" else f"{base}:{self.precision}"
+
+    @property
+    def feature_id(self) -> str:
+        """Feature-cache key of this detector's embeddings: INT8 features are kept apart from fp32 ones
+        (autocast features are close enough to share them, as they always have)."""
+        return self.backbone.info.id + (":int8" if self.precision == "int8" else "")
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        import contextlib
+
         import torch
 
-        use_amp = self.device.startswith("cuda")
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+        from causalclip_cli.precision import autocast_dtype
+
+        amp = autocast_dtype(self.precision)
+        cast = (torch.autocast(self.device.split(":", 1)[0], dtype=amp) if amp is not None
+                else contextlib.nullcontext())
+        with torch.inference_mode(), cast:
             return self.backbone.tower(pixels.to(self.device, non_blocking=True)).float()
 
     def probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -232,9 +246,12 @@ def check_compatible(meta: dict, info: dict, source: str) -> None:
 
 
 def load_detector(checkpoint: str | None = None, *, device: str = "cpu", backbone_weights: str | None = None,
-                  allow_download: bool = True, cache_dir: Path | None = None) -> Detector:
-    """Checkpoint name or path → ready-to-run Detector on `device`."""
+                  allow_download: bool = True, cache_dir: Path | None = None, precision: str = "auto") -> Detector:
+    """Checkpoint name or path → ready-to-run Detector on `device` (precision: see precision.py)."""
     from causalclip_cli.backbones import BackboneSpec, load_backbone, locate
+    from causalclip_cli.precision import resolve_precision
+
+    precision = resolve_precision(precision, device)
 
     path = resolve_checkpoint(checkpoint)
     head, meta = load_head(path, device=device)
@@ -242,5 +259,6 @@ def load_detector(checkpoint: str | None = None, *, device: str = "cpu", backbon
     spec = BackboneSpec(name=b["name"], pretrained=b["pretrained"], weights=backbone_weights)
     info = locate(spec, allow_download=allow_download, cache_dir=cache_dir)
     check_compatible(meta, info.to_dict(), str(path))
-    backbone = load_backbone(spec, allow_download=allow_download, cache_dir=cache_dir, device=device, info=info)
-    return Detector(backbone=backbone, head=head, metadata=meta, path=path, device=device)
+    backbone = load_backbone(spec, allow_download=allow_download, cache_dir=cache_dir, device=device, info=info,
+                             int8=precision == "int8")
+    return Detector(backbone=backbone, head=head, metadata=meta, path=path, device=device, precision=precision)

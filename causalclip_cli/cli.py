@@ -26,6 +26,9 @@ EXIT_CODES_HELP = (
     "130 interrupted; 141 output pipe closed early."
 )
 
+PRECISION_HELP = ("Tower precision: auto (fp16 autocast on CUDA, fp32 elsewhere), fp32, int8 (CPU; per-channel "
+                  "weights, per-token activations), fp16 or bf16 (autocast).")
+
 app = typer.Typer(
     name="causalclip",
     help="Forensic scanner for AI-generated images: a CausalCLIP head over a frozen CLIP image encoder.\n\n"
@@ -176,6 +179,7 @@ def scan(
     fail_on: Annotated[FailOn, typer.Option(help="What makes the exit code 1.")] = FailOn.fake,
     backbone_weights: Annotated[str | None, typer.Option(help="Local backbone weights file.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
 ) -> None:
     """Score images: a fake probability and a label per file, a summary on stderr."""
     from causalclip_cli.output import ScanSummary, default_format, make_writer, render_summary
@@ -193,7 +197,8 @@ def scan(
         from causalclip_cli.checkpoint import load_detector
 
         dev = _device(device)
-        detector = load_detector(checkpoint, device=dev, backbone_weights=backbone_weights, allow_download=True)
+        detector = load_detector(checkpoint, device=dev, backbone_weights=backbone_weights, allow_download=True,
+                                 precision=precision)
     except CausalClipError as exc:
         raise _fail(exc) from None
 
@@ -329,13 +334,15 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     cache_dir: Annotated[Path | None, typer.Option()] = None,
     backbone_weights: Annotated[str | None, typer.Option()] = None,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
 ) -> None:
     """Per-generator accuracy, AP, AUC and TPR at 1%/5% FPR of a checkpoint on a dataset."""
     from causalclip_cli.experiment import EvalRequest, render_eval, run_eval
 
     req = EvalRequest(data=data, checkpoint=checkpoint, split=split, subsets=subset or None, layout=layout,
                       threshold=threshold, perturb=perturb, plot=plot, device=device, workers=workers,
-                      batch_size=batch_size, cache_dir=cache_dir, backbone_weights=backbone_weights)
+                      batch_size=batch_size, cache_dir=cache_dir, backbone_weights=backbone_weights,
+                      precision=precision)
     try:
         report = run_eval(req)
     except CausalClipError as exc:

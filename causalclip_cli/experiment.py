@@ -211,6 +211,7 @@ class EvalRequest:
     batch_size: int = 32
     cache_dir: Path | None = None
     backbone_weights: str | None = None
+    precision: str = "auto"  # of the tower (precision.py)
 
 
 def _pick_split(ds, split: str | None) -> tuple[str, list]:  # noqa: ANN001
@@ -227,7 +228,7 @@ def _pick_split(ds, split: str | None) -> tuple[str, list]:  # noqa: ANN001
 
 
 def _detector_features(det, samples, req, transform=None) -> FeatureSet:  # noqa: ANN001
-    return dataset_features(samples, det.embed, det.preprocess, det.backbone.info.id, cache_dir=req.cache_dir,
+    return dataset_features(samples, det.embed, det.preprocess, det.feature_id, cache_dir=req.cache_dir,
                             transform=transform, batch_size=req.batch_size, workers=req.workers)
 
 
@@ -245,7 +246,8 @@ def run_eval(req: EvalRequest) -> dict:
     from causalclip_cli.transforms import jpeg, parse_perturbations
 
     perturbations = parse_perturbations(req.perturb)
-    det = load_detector(req.checkpoint, device=resolve_device(req.device), backbone_weights=req.backbone_weights)
+    det = load_detector(req.checkpoint, device=resolve_device(req.device), backbone_weights=req.backbone_weights,
+                        precision=req.precision)
     ds = _discover(req.data, req.layout, req.subsets)
     split, samples = _pick_split(ds, req.split)
     thr = det.decision.threshold if req.threshold is None else req.threshold
