@@ -22,10 +22,10 @@ INT8 study (issue 14), `--int8`: instead of the candidates above, INT8 ways of r
   onnxruntime-int8  the fp32 tower exported to ONNX, onnxruntime.quantization.quantize_dynamic(per_channel=True,
                     QInt8 weights), per-tensor dynamic activations
 Fidelity: a deterministic sample of held-out images (modern-2025, which no released head saw, and the
-multigen-2022 images outside the training rows of benchmarks/results/release-manifest.csv), both classes; every path's features
-are computed once and cached (--cache, default /tmp/causalclip-int8-features, not committed); AP per set and
-|Δprobability| for BOTH released heads (weights/*.safetensors) vs fp32. Speed: images/s at batch 1, 2, 4, 8,
-16, fp32 and each INT8 path interleaved in one process, --rounds times.
+multigen-2022 images outside the training rows of benchmarks/results/release-manifest.csv), both classes;
+every path's features are computed once and cached (--cache, default /tmp/causalclip-int8-features, not
+committed); AP per set and |Δprobability| for BOTH released heads (weights/*.safetensors) vs fp32.
+Speed: images/s at batch 1, 2, 4, 8, 16, fp32 and each INT8 path interleaved in one process, --rounds times.
 
     python benchmarks/cpu_paths.py --int8 [--fidelity-images 288] [--rounds 2] [--threads 2]
 

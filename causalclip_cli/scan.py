@@ -58,15 +58,19 @@ def scan_records(
     loader = make_loader(files, detector.preprocess, options.batch_size, options.workers, pin_memory=pin,
                          explicit=explicit)
     start = time.perf_counter()
+    first = True
     for batch in loader:
-        probs = detector.probabilities(batch.tensor).tolist() if batch.tensor is not None else []
-        by_item = dict(zip(batch.good, probs, strict=True))
+        # The first batch is scored one image first, so the first result does not wait for a whole batch
+        # (on a CPU that is most of the time to first result; benchmarks/first_result.py).
+        probs = _LazyProbs(detector, batch.tensor, head=1 if first else 0)
+        first = first and batch.tensor is None
+        row_of = {j: r for r, j in enumerate(batch.good)}
         for j, item in enumerate(batch.items):
             if item["skipped"]:
                 summary.skipped += 1
                 continue
-            if j in by_item:
-                p = float(by_item[j])
+            if j in row_of:
+                p = probs[row_of[j]]
                 rec = ScanRecord(item["path"], p, decision.label(p), threshold, model,
                                  item.get("width"), item.get("height"), None)
             else:
@@ -77,6 +81,21 @@ def scan_records(
         summary.seconds = time.perf_counter() - start
         if on_progress:
             on_progress(len(batch.items))
+
+
+class _LazyProbs:
+    """Probabilities of a batch's rows, computed on first access: the first `head` rows, then the rest."""
+
+    def __init__(self, detector: Detector, tensor: object, head: int = 0) -> None:
+        self.detector, self.tensor, self.head = detector, tensor, head
+        self.values: list[float] = []
+
+    def __getitem__(self, row: int) -> float:
+        while row >= len(self.values):
+            n = len(self.values)
+            end = self.head if 0 < self.head < len(self.tensor) and n == 0 else len(self.tensor)
+            self.values += self.detector.probabilities(self.tensor[n:end]).tolist()
+        return float(self.values[row])
 
 
 def error_records(errors: Iterable[tuple[str, str]], threshold: float, model: str) -> Iterator[ScanRecord]:
