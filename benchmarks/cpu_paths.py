@@ -35,7 +35,9 @@ Results: benchmarks/results/cpu_paths_int8.json.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -128,6 +130,7 @@ def _int8_paths(tower, batch0):  # noqa: ANN001, ANN202
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         tmp = Path(tempfile.mkdtemp(prefix="cpu-paths-onnx-"))
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # the session has the graph in memory
         fp32_path, int8_path = tmp / "tower.onnx", tmp / "tower.int8.onnx"
         torch.backends.mha.set_fastpath_enabled(False)
         torch.onnx.export(tower, (batch0,), str(fp32_path), input_names=["pixels"], output_names=["embedding"],
