@@ -175,7 +175,8 @@ def scan(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     batch_size: Annotated[int | None, typer.Option(
         min=1, help="Images per forward pass (default: 8 on CPU, 32 on CUDA/MPS).")] = None,
-    workers: Annotated[int, typer.Option(min=0, help="Decoding processes (0: decode in-process).")] = 2,
+    workers: Annotated[int | None, typer.Option(
+        min=0, help="Decoding processes (0: decode in-process; default: 2 on CPU, up to 8 on CUDA/MPS).")] = None,
     fail_on: Annotated[FailOn, typer.Option(help="What makes the exit code 1.")] = FailOn.fake,
     backbone_weights: Annotated[str | None, typer.Option(help="Local backbone weights file.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
@@ -202,8 +203,16 @@ def scan(
     except CausalClipError as exc:
         raise _fail(exc) from None
 
-    from causalclip_cli.scan import ScanOptions, default_batch_size, error_records, exit_code, scan_records
+    from causalclip_cli.scan import (
+        ScanOptions,
+        default_batch_size,
+        default_workers,
+        error_records,
+        exit_code,
+        scan_records,
+    )
 
+    workers = default_workers(dev) if workers is None else workers
     opts = ScanOptions(batch_size=batch_size or default_batch_size(dev), workers=workers, threshold=threshold,
                        uncertain=band)
     summary = ScanSummary()

@@ -79,3 +79,13 @@ def test_first_batch_is_scored_one_image_first(tmp_path: Path, tiny_checkpoint: 
     got = [r.probability for r in recs if r.error is None]
     assert torch.allclose(torch.tensor(got), whole, atol=1e-5)
     assert [r.error is not None for r in recs] == ["broken" in f for f in files]
+
+
+def test_default_workers_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    from causalclip_cli import scan
+
+    assert scan.default_workers("cpu") == 2
+    monkeypatch.setattr(scan.os, "cpu_count", lambda: 16)
+    assert scan.default_workers("cuda") == 8
+    monkeypatch.setattr(scan.os, "cpu_count", lambda: 2)
+    assert scan.default_workers("cuda:0") == 2
