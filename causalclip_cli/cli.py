@@ -26,6 +26,9 @@ EXIT_CODES_HELP = (
     "130 interrupted; 141 output pipe closed early."
 )
 
+PRECISION_HELP = ("Tower precision: auto (fp16 autocast on CUDA, fp32 elsewhere), fp32, int8 (CPU; per-channel "
+                  "weights, per-token activations), fp16 or bf16 (autocast).")
+
 app = typer.Typer(
     name="causalclip",
     help="Forensic scanner for AI-generated images: a CausalCLIP head over a frozen CLIP image encoder.\n\n"
@@ -182,7 +185,8 @@ def scan(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     batch_size: Annotated[int | None, typer.Option(
         min=1, help="Images per forward pass (default: 8 on CPU, 32 on CUDA/MPS).")] = None,
-    workers: Annotated[int, typer.Option(min=0, help="Decoding processes (0: decode in-process).")] = 2,
+    workers: Annotated[int | None, typer.Option(
+        min=0, help="Decoding processes (0: decode in-process; default: 2 on CPU, up to 8 on CUDA/MPS).")] = None,
     fail_on: Annotated[str, typer.Option(
         help="What makes the exit code 1: fake, uncertain (fake or uncertain), provenance-ai (metadata says "
              "ai-generated or ai-edited), never; combine with commas, e.g. fake,provenance-ai.")] = "fake",
@@ -201,6 +205,7 @@ def scan(
                                                            "GPU, else 1).")] = None,
     purify: Annotated[str | None, typer.Option(
         help="Purify inputs first: jpeg[:Q], blur[:SIGMA], rescale[:FACTOR], median[:K] or learned:PATH.")] = None,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
 ) -> None:
     """Score images: a fake probability and a label per file, a summary on stderr.
 
@@ -232,7 +237,8 @@ def scan(
         from causalclip_cli.checkpoint import load_detector
 
         dev = _device(device)
-        detector = load_detector(checkpoint, device=dev, backbone_weights=backbone_weights, allow_download=True)
+        detector = load_detector(checkpoint, device=dev, backbone_weights=backbone_weights, allow_download=True,
+                                 precision=precision)
         if purify:
             from causalclip_cli.purify import parse_purifier, with_purifier
 
@@ -240,8 +246,16 @@ def scan(
     except CausalClipError as exc:
         raise _fail(exc) from None
 
-    from causalclip_cli.scan import ScanOptions, default_batch_size, exit_code, in_path_order, scan_records
+    from causalclip_cli.scan import (
+        ScanOptions,
+        default_batch_size,
+        default_workers,
+        exit_code,
+        in_path_order,
+        scan_records,
+    )
 
+    workers = default_workers(dev) if workers is None else workers
     opts = ScanOptions(batch_size=batch_size or default_batch_size(dev), workers=workers, threshold=threshold,
                        uncertain=band, provenance=provenance)
     kept: list[dict] | None = [] if html is not None else None
@@ -469,6 +483,7 @@ def evaluate(
     adaptive: Annotated[bool, typer.Option(help="Attack through the purifier (BPDA for JPEG).")] = False,
     limit: Annotated[int | None, typer.Option(min=2, help="Attack/purify eval: a deterministic, class-balanced "
                                                    "sample of at most N images.")] = None,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
 ) -> None:
     """Per-generator accuracy, AP, AUC and TPR at 1%/5% FPR of a checkpoint on a dataset.
 
@@ -498,7 +513,7 @@ def evaluate(
     req = EvalRequest(data=data, checkpoint=checkpoint, split=split, subsets=subset or None, layout=layout,
                       threshold=threshold, perturb=perturb, plot=plot, device=device, workers=workers,
                       batch_size=batch_size, cache_dir=cache_dir, backbone_weights=backbone_weights,
-                      features=features)
+                      features=features, precision=precision)
     try:
         report = run_eval(req)
     except CausalClipError as exc:

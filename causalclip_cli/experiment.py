@@ -260,6 +260,7 @@ class EvalRequest:
     cache_dir: Path | None = None
     backbone_weights: str | None = None
     features: str | None = None  # Parquet features from `causalclip embed`, instead of `data`
+    precision: str = "auto"  # of the tower (precision.py)
 
 
 def _feature_store(data: Path | None, features: str | None, pixel_work: object):  # noqa: ANN202
@@ -306,7 +307,8 @@ def run_eval(req: EvalRequest) -> dict:
     from causalclip_cli.transforms import jpeg, parse_perturbations
 
     perturbations = parse_perturbations(req.perturb)
-    det = load_detector(req.checkpoint, device=resolve_device(req.device), backbone_weights=req.backbone_weights)
+    det = load_detector(req.checkpoint, device=resolve_device(req.device), backbone_weights=req.backbone_weights,
+                        precision=req.precision)
     store = _feature_store(req.data, req.features, perturbations)
     ds = store.dataset(req.subsets) if store else _discover(req.data, req.layout, req.subsets)
     split, samples = _pick_split(ds, req.split)

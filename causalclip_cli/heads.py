@@ -207,7 +207,7 @@ class CausalHead(nn.Module):
         # The adversary minimises its loss; the reversed gradient makes the mask maximise it (−α·L_adv).
         adv_logits = self.adversary(grad_reverse(znc, c.alpha)).squeeze(-1)
         l_adv = F.binary_cross_entropy_with_logits(adv_logits, y)
-        l_sparse = m.abs().mean()
+        l_sparse = m.mean()  # = mean |M|: M is a sigmoid, never negative (abs and its backward cost time)
         l_hsic = hsic(zc, znc)
         drop = torch.bernoulli(torch.full_like(zc, c.drop_p), generator=generator)
         cf_logits = self.classifier(zc * (1.0 - drop)).squeeze(-1)

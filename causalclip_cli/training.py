@@ -117,7 +117,10 @@ def train_head(
     torch.manual_seed(cfg.seed)
     dev = torch.device(cfg.device)
     head = make_head(kind, x_train.shape[-1], head_config).to(dev)
-    opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused: one kernel for all parameters instead of a chain of per-tensor ops (~6x faster step on CPU for
+    # these small heads; benchmarks/train_speed.py). Same update rule.
+    opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                           fused=dev.type in ('cpu', 'cuda'))
     xt = torch.as_tensor(x_train, dtype=torch.float32, device=dev)
     yt = torch.as_tensor(y_train, dtype=torch.float32, device=dev)
     xv = torch.as_tensor(x_val, dtype=torch.float32, device=dev)
