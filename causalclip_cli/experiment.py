@@ -165,20 +165,27 @@ def run_train(req: TrainRequest) -> dict:
     align = jpeg(req.jpeg_align) if req.jpeg_align else None
     common = dict(embed=embed, preprocess=train_recipe, backbone_id=cache_id, cache_dir=req.cache_dir,
                   transform=align, batch_size=req.extract_batch_size, workers=req.workers)
+
+    def features(samples: list, label: str, transform=None) -> FeatureSet:  # noqa: ANN001
+        if spec.final_only:
+            return dataset_features(samples, label=label, **{**common, "transform": transform})
+        return layer_dataset_features(samples, bb.tower, spec.layers, bb.info.id, train_recipe,
+                                      cache_dir=req.cache_dir, device=device, transform=transform,
+                                      batch_size=req.extract_batch_size, workers=req.workers, label=label)
+
     if store:
         store.check(bb.info.id, bb.preprocess.key())
         tr, va = store.features(train_s), store.features(val_s)
     else:
-        tr = dataset_features(train_s, label="train features", **common)
-        va = dataset_features(val_s, label="val features", **common)
+        tr = features(train_s, "train features", align)
+        va = features(val_s, "val features", align)
     x_tr, y_tr = tr.x, tr.y
     if req.augment_views:
         from causalclip_cli.transforms import compose, degrade
 
         views = [x_tr]
         for k in range(1, req.augment_views + 1):
-            av = dataset_features(train_s, label=f"augmented view {k}", **{**common, "transform": compose(
-                align, degrade(k))})
+            av = features(train_s, f"augmented view {k}", compose(align, degrade(k)))
             if av.paths != tr.paths:  # a file readable once but not twice: keep the images both have
                 raise DataError("training images changed while their augmented views were computed")
             views.append(av.x)
@@ -291,9 +298,58 @@ def _pick_split(ds, split: str | None) -> tuple[str, list]:  # noqa: ANN001
     return "all", list(ds.samples)
 
 
+def superset_layers(tower, layers: tuple[int, ...], base_id: str, preprocess, transform,  # noqa: ANN001
+                    cache_dir: Path | None) -> tuple[int, ...]:
+    """The layers to extract for a head that reads `layers`: those layers — or every layer, when a cache of
+    every layer already exists for this recipe. One pass computes them all, so a layer subset is a slice of
+    that cache: trying `--layers 4:12` after `--layers all` embeds nothing again."""
+    from causalclip_cli.features import cache_folder
+    from causalclip_cli.settings import cache_dir as default_cache
+    from causalclip_cli.taps import FeatureSpec, tower_shape
+
+    full = (0, *range(1, tower_shape(tower).depth + 1))
+    if tuple(layers) in ((0,), full) or set(layers) - set(full):
+        return tuple(layers)
+    if set(layers) == set(full):
+        return full
+    variant = preprocess.key() + (f"-{transform.name}" if transform is not None else "")
+    folder = cache_folder(default_cache(cache_dir), f"{base_id}-{FeatureSpec(full).key()}", variant)
+    return full if folder.is_dir() else tuple(layers)
+
+
+def layer_dataset_features(samples: list, tower, layers: tuple[int, ...], base_id: str, preprocess, *,  # noqa: ANN001
+                           cache_dir: Path | None, device: str, transform=None, batch_size: int = 32,  # noqa: ANN001
+                           workers: int = 2, label: str = "features", autocast=None) -> FeatureSet:  # noqa: ANN001
+    """dataset_features for a head reading `layers` of `tower` (taps.py), through the cache of those layers or
+    of all of them (superset_layers), sliced to `layers`."""
+    import contextlib
+
+    import torch
+
+    from causalclip_cli.taps import FeatureSpec, forward_layers, select_layers, tower_shape
+
+    extract = superset_layers(tower, layers, base_id, preprocess, transform, cache_dir)
+    key = FeatureSpec(extract).key()
+
+    def embed(px):  # noqa: ANN001, ANN202
+        cast = autocast() if autocast is not None else contextlib.nullcontext()
+        with torch.inference_mode(), cast:
+            return forward_layers(tower, px.to(device), extract).float()
+
+    fs = dataset_features(samples, embed, preprocess, base_id + (f"-{key}" if key else ""), cache_dir=cache_dir,
+                          transform=transform, batch_size=batch_size, workers=workers, label=label)
+    if extract != tuple(layers) and fs.x.size:
+        fs.x = select_layers(fs.x, extract, layers, tower_shape(tower))
+    return fs
+
+
 def _detector_features(det, samples, req, transform=None) -> FeatureSet:  # noqa: ANN001
-    return dataset_features(samples, det.embed, det.preprocess, det.cache_id, cache_dir=req.cache_dir,
-                            transform=transform, batch_size=req.batch_size, workers=req.workers)
+    if det.features.final_only or getattr(det, "precision", "fp32") == "int8":
+        return dataset_features(samples, det.embed, det.preprocess, det.cache_id, cache_dir=req.cache_dir,
+                                transform=transform, batch_size=req.batch_size, workers=req.workers)
+    return layer_dataset_features(samples, det.backbone.tower, det.features.layers, det.backbone.info.id,
+                                  det.preprocess, cache_dir=req.cache_dir, device=det.device, transform=transform,
+                                  batch_size=req.batch_size, workers=req.workers)
 
 
 def _probs(det, x: np.ndarray) -> np.ndarray:  # noqa: ANN001

@@ -34,11 +34,16 @@ def _safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
+def cache_folder(root: Path, backbone_id: str, variant: str) -> Path:
+    """Where the cache of one backbone/feature id and one recipe variant lives."""
+    return Path(root) / "features" / _safe_name(f"{backbone_id}-{variant}")
+
+
 class FeatureCache:
     """A directory of shards: `features` [n, d] float32 + the n content keys in the metadata."""
 
     def __init__(self, root: Path, backbone_id: str, variant: str) -> None:
-        self.dir = Path(root) / "features" / _safe_name(f"{backbone_id}-{variant}")
+        self.dir = cache_folder(root, backbone_id, variant)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._index: dict[str, tuple[Path, int]] = {}
         self._pending_keys: list[str] = []

@@ -52,14 +52,14 @@ class FeatureSpec:
 
 
 def parse_layers(text: str, depth: int) -> tuple[int, ...]:
-    """CLI syntax → layer tuple: 'final', 'all' (every block + final), 'blocks' (every block), 'A:B'
+    """CLI syntax → layer tuple: 'final', 'all' (final + every block), 'blocks' (every block), 'A:B'
     (blocks A..B inclusive), or a comma list where 'final' or 0 is the projection, e.g. '4:12,final'."""
     out: list[int] = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
         if part == "final":
             out.append(0)
         elif part == "all":
-            out += [*range(1, depth + 1), 0]
+            out += [0, *range(1, depth + 1)]
         elif part == "blocks":
             out += list(range(1, depth + 1))
         elif ":" in part:

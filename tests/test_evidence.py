@@ -67,7 +67,7 @@ def test_recipe_cache_keys() -> None:
 
 def test_layer_syntax() -> None:
     assert parse_layers("final", 12) == (0,)
-    assert parse_layers("all", 3) == (1, 2, 3, 0)
+    assert parse_layers("all", 3) == (0, 1, 2, 3)
     assert parse_layers("blocks", 2) == (1, 2)
     assert parse_layers("4:6,final", 12) == (4, 5, 6, 0)
     for bad in ("13", "0:13", ""):
@@ -142,13 +142,13 @@ def test_crop_layers_and_augmented_views_round_trip(sized_tree: Path, tmp_path: 
     assert res.exit_code == 0, res.output
     meta = read_metadata(ckpt)
     assert meta["preprocess"]["mode"] == "native" and meta["preprocess"]["views"] == 5
-    assert meta["features"] == {"layers": [1, 2, 0], "aggregate": "max"}
-    assert meta["head"]["embed_dim"] == 64 + 64 + 32
-    assert meta["head"]["config"]["segments"] == [64, 64, 32]
+    assert meta["features"] == {"layers": [0, 1, 2], "aggregate": "max"}
+    assert meta["head"]["embed_dim"] == 32 + 64 + 64
+    assert meta["head"]["config"]["segments"] == [32, 64, 64]
     assert meta["training"]["summary"]["augmented_views"] == 2
     # The cache keyed on the choice: centre crops with layer taps, and each augmented view apart.
     dirs = sorted(p.name for p in (cache / "features").iterdir())
-    assert len(dirs) == 3 and all("-L1_2_0-" in d for d in dirs)
+    assert len(dirs) == 3 and all("-L0_1_2-" in d for d in dirs)
     assert sum(d.endswith("-degrade1") for d in dirs) == 1 and sum(d.endswith("-degrade2") for d in dirs) == 1
 
     det = load_detector(str(ckpt), device="cpu")
@@ -171,6 +171,18 @@ def test_crop_layers_and_augmented_views_round_trip(sized_tree: Path, tmp_path: 
     recs = [json.loads(line) for line in scan.stdout.splitlines()]
     assert len(recs) == 44 and all(r["probability"] is not None for r in recs)
     assert all(r["model"].endswith(":5crops") for r in recs)
+
+    # A layer subset after `all`: sliced from the cache of every layer, nothing embedded again.
+    before = {p: p.stat().st_mtime_ns for p in (cache / "features").rglob("*.safetensors")}
+    sub = tmp_path / "sub.safetensors"
+    res = runner.invoke(app, ["train", "--data", str(sized_tree), "--output", str(sub), *TINY, "--cache-dir",
+                              str(cache), "--workers", "0", "--epochs", "1", "--recipe", "native", "--layers", "2",
+                              "--hidden", "8"])
+    assert res.exit_code == 0, res.output
+    assert "embedded" not in res.output
+    after = {p: p.stat().st_mtime_ns for p in (cache / "features").rglob("*.safetensors")}
+    assert after == before
+    assert read_metadata(sub)["head"]["embed_dim"] == 64
 
 
 def test_calibrate_fits_probability_scaling(sized_tree: Path, tmp_path: Path) -> None:
