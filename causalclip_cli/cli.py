@@ -206,6 +206,9 @@ def scan(
     purify: Annotated[str | None, typer.Option(
         help="Purify inputs first: jpeg[:Q], blur[:SIGMA], rescale[:FACTOR], median[:K] or learned:PATH.")] = None,
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
+    crops: Annotated[int | None, typer.Option(
+        help="Crops scored per image: 1, 5 or 9 (default: the checkpoint's). More crops of a full-resolution "
+             "(--recipe native) head look at more of a large image, at N forward passes per image.")] = None,
 ) -> None:
     """Score images: a fake probability and a label per file, a summary on stderr.
 
@@ -226,8 +229,8 @@ def scan(
         if not inputs:
             raise UsageError("no input paths given")
         if engine == Engine.ray:
-            if purify:
-                raise UsageError("--purify is not available with --engine ray")
+            if purify or crops:
+                raise UsageError("--purify and --crops are not available with --engine ray")
             if html is not None:
                 raise UsageError("--html is not available with --engine ray",
                                  hint="write --output results.jsonl, then run `causalclip report results.jsonl`")
@@ -239,6 +242,12 @@ def scan(
         dev = _device(device)
         detector = load_detector(checkpoint, device=dev, backbone_weights=backbone_weights, allow_download=True,
                                  precision=precision)
+        if crops is not None:
+            from causalclip_cli.preprocess import VIEW_COUNTS
+
+            if crops not in VIEW_COUNTS:
+                raise UsageError(f"--crops must be one of {', '.join(map(str, VIEW_COUNTS))}, not {crops}")
+            detector.metadata["preprocess"] = {**detector.preprocess.to_dict(), "views": crops}
         if purify:
             from causalclip_cli.purify import parse_purifier, with_purifier
 

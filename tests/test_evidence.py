@@ -171,6 +171,13 @@ def test_crop_layers_and_augmented_views_round_trip(sized_tree: Path, tmp_path: 
     recs = [json.loads(line) for line in scan.stdout.splitlines()]
     assert len(recs) == 44 and all(r["probability"] is not None for r in recs)
     assert all(r["model"].endswith(":5crops") for r in recs)
+    one = runner.invoke(app, ["scan", str(sized_tree), "-c", str(ckpt), "--format", "jsonl", "--workers", "0",
+                              "--no-provenance", "--crops", "1"])
+    recs1 = [json.loads(line) for line in one.stdout.splitlines()]
+    assert len(recs1) == 44 and not recs1[0]["model"].endswith("crops")
+    assert [r["probability"] for r in recs1] != [r["probability"] for r in recs]
+    bad = runner.invoke(app, ["scan", str(sized_tree), "-c", str(ckpt), "--crops", "4"])
+    assert bad.exit_code == 2 and "--crops" in bad.output
 
     # A layer subset after `all`: sliced from the cache of every layer, nothing embedded again.
     before = {p: p.stat().st_mtime_ns for p in (cache / "features").rglob("*.safetensors")}
@@ -222,8 +229,8 @@ def test_bad_lever_options_are_usage_errors(sized_tree: Path, tmp_path: Path) ->
 
 @pytest.mark.real
 def test_real_crop_path_ranks_held_out_modern_images(shared_data: Path, tmp_path: Path) -> None:
-    """The released full-resolution head (native crops) on camera photos and current generators it never saw
-    (the release's test split): better than chance, with the real ViT-B/16 features."""
+    """The released full-resolution head (native recipe, five crops per image) on camera photos and current
+    generators it never saw (the release's test split): better than chance, with real ViT-B/16 features."""
     import csv
 
     manifest = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "release-manifest.csv"
@@ -232,8 +239,8 @@ def test_real_crop_path_ranks_held_out_modern_images(shared_data: Path, tmp_path
     fakes = sorted(r["path"] for r in rows if r["label"] == "1")[:6]
     base = manifest.parent
     paths = [os.path.normpath(base / p) for p in reals + fakes]
-    res = runner.invoke(app, ["scan", *paths, "-c", "causalclip-vitb16-crops", "--format", "jsonl", "--workers", "0",
-                              "--no-provenance"])
+    res = runner.invoke(app, ["scan", *paths, "-c", "causalclip-vitb16-crops", "--crops", "5", "--format", "jsonl",
+                              "--workers", "0", "--no-provenance"])
     recs = {os.path.normpath(json.loads(line)["path"]): json.loads(line) for line in res.stdout.splitlines()}
     assert all(recs[p]["error"] is None for p in paths)
     from sklearn.metrics import roc_auc_score
