@@ -9,7 +9,7 @@ Then `causalclip train` for both heads and `causalclip calibrate` on the val spl
 reals and fakes; threshold at 1% FPR on its reals, abstain band from the 5% point up to the threshold).
 Features come from the cache filled by extract_views.py (or are computed).
 
-    python benchmarks/make_release.py
+    python benchmarks/make_release.py [NAME ...]      # all heads, or only the named ones
 """
 
 from __future__ import annotations
@@ -33,7 +33,13 @@ BAND_FPR = "0.05:0.01"  # abstain from the 5%-FPR point up to the threshold (1%)
 # Optimisation as chosen by protocol C (benchmarks/quality.py); features by protocols D/E
 # (benchmarks/quality_modern.py, see benchmarks/README.md).
 TRAIN_ARGS = ["--epochs", "40", "--lr", "1e-3", "--batch-size", "256", "--patience", "8", "--seed", "0"]
-FEATURE_ARGS = ["--recipe", "resize", "--layers", "final", "--augment-views", "2"]
+MID_LAYERS = "final,4,6,8,10,12"
+HEADS = [  # (head kind, released name, feature options)
+    ("causalclip", "causalclip-vitb16", ["--recipe", "resize", "--layers", MID_LAYERS]),
+    ("linear", "linear-vitb16", ["--recipe", "resize", "--layers", MID_LAYERS]),
+    # Full-resolution evidence: native 224-px crops, final embedding; `scan --crops 5` scores five per image.
+    ("causalclip", "causalclip-vitb16-crops", ["--recipe", "native", "--layers", "final"]),
+]
 
 
 def _modern_split(key: str) -> str:
@@ -98,11 +104,14 @@ def sh(*args: str) -> None:
 
 def main() -> None:
     write_manifest()
-    for head, name in (("causalclip", "causalclip-vitb16"), ("linear", "linear-vitb16")):
+    only = set(sys.argv[1:])
+    for head, name, feature_args in HEADS:
+        if only and name not in only:
+            continue
         # Paths relative to the repository, so the checkpoints' metadata names no local directories.
         manifest = MANIFEST.relative_to(REPO).as_posix()
         raw = f"benchmarks/results/{name}-uncalibrated.safetensors"
-        sh("train", "--data", manifest, "--head", head, "--output", raw, *TRAIN_ARGS, *FEATURE_ARGS)
+        sh("train", "--data", manifest, "--head", head, "--output", raw, *TRAIN_ARGS, *feature_args)
         sh("calibrate", "--data", manifest, "--checkpoint", raw, "--split", "val",
            "--target-fpr", str(TARGET_FPR), "--band-fpr", BAND_FPR, "--output", f"weights/{name}.safetensors")
         (REPO / raw).unlink()

@@ -167,8 +167,6 @@ def run_train(req: TrainRequest) -> dict:
                   transform=align, batch_size=req.extract_batch_size, workers=req.workers)
 
     def features(samples: list, label: str, transform=None) -> FeatureSet:  # noqa: ANN001
-        if spec.final_only:
-            return dataset_features(samples, label=label, **{**common, "transform": transform})
         return layer_dataset_features(samples, bb.tower, spec.layers, bb.info.id, train_recipe,
                                       cache_dir=req.cache_dir, device=device, transform=transform,
                                       batch_size=req.extract_batch_size, workers=req.workers, label=label)
@@ -308,7 +306,7 @@ def superset_layers(tower, layers: tuple[int, ...], base_id: str, preprocess, tr
     from causalclip_cli.taps import FeatureSpec, tower_shape
 
     full = (0, *range(1, tower_shape(tower).depth + 1))
-    if tuple(layers) in ((0,), full) or set(layers) - set(full):
+    if tuple(layers) == full or set(layers) - set(full):
         return tuple(layers)
     if set(layers) == set(full):
         return full
@@ -344,12 +342,18 @@ def layer_dataset_features(samples: list, tower, layers: tuple[int, ...], base_i
 
 
 def _detector_features(det, samples, req, transform=None) -> FeatureSet:  # noqa: ANN001
-    if det.features.final_only or getattr(det, "precision", "fp32") == "int8":
+    if getattr(det, "precision", "fp32") == "int8" or not hasattr(det.backbone.tower, "transformer"):
         return dataset_features(samples, det.embed, det.preprocess, det.cache_id, cache_dir=req.cache_dir,
                                 transform=transform, batch_size=req.batch_size, workers=req.workers)
+    import torch
+
+    from causalclip_cli.precision import autocast_dtype
+
+    amp = autocast_dtype(getattr(det, "precision", "fp32"))
+    cast = (lambda: torch.autocast(det.device.split(":", 1)[0], dtype=amp)) if amp is not None else None
     return layer_dataset_features(samples, det.backbone.tower, det.features.layers, det.backbone.info.id,
                                   det.preprocess, cache_dir=req.cache_dir, device=det.device, transform=transform,
-                                  batch_size=req.batch_size, workers=req.workers)
+                                  batch_size=req.batch_size, workers=req.workers, autocast=cast)
 
 
 def _probs(det, x: np.ndarray) -> np.ndarray:  # noqa: ANN001
