@@ -212,14 +212,15 @@ def protocol_folds(srcs: list[Src]) -> dict[str, list[tuple[list[Src], list[Src]
 
 
 def released_reference(srcs: list[Src]) -> dict:
-    """The previous round's released heads (resize recipe, final embedding) on D's test sets."""
+    """The previous release (2026-11-25; resize recipe, final embedding; kept in results/previous-release/) on
+    the test sets of D."""
     from safetensors import safe_open  # noqa: F401 - fail early if missing
 
     from causalclip_cli.checkpoint import load_head
 
     out = {}
     for name in ("causalclip-vitb16", "linear-vitb16"):
-        head, _ = load_head(HERE.parent / "weights" / f"{name}.safetensors")
+        head, _ = load_head(HERE / "results" / "previous-release" / f"{name}.safetensors")
         import torch
 
         def score(xs: np.ndarray, head=head) -> np.ndarray:

@@ -569,7 +569,8 @@ class EmbedActor:
         feats = None
         if len(good):
             with torch.inference_mode():
-                px = torch.from_numpy(np.ascontiguousarray(batch["pixels"][good])).to(self.device)
+                px = np.ascontiguousarray(batch["pixels"][good])
+                px = torch.from_numpy(px.reshape(-1, *px.shape[-3:])).to(self.device)  # one view per file here
                 emb = self.backbone.tower(px).float().cpu().numpy()
             feats = np.zeros((len(ok), emb.shape[1]), dtype=np.float32)
             feats[good] = emb
