@@ -51,6 +51,9 @@ def gather_info(checkpoint: str | None = None, backbone_weights: str | None = No
             "head": meta["head"],
             "trained_on_backbone": meta["backbone"],
             "decision": meta.get("decision"),
+            "preprocess": meta.get("preprocess", {}),
+            "features": meta.get("features", {"layers": [0], "aggregate": "mean"}),
+            "scaling": meta.get("scaling", {"method": "none"}),
             "training": meta.get("training", {}).get("summary", meta.get("training", {})),
             "created": meta.get("created"),
             "tool": meta.get("tool"),
@@ -95,8 +98,9 @@ def render_info(data: dict) -> None:
         t.add_row("  head", f"{ck['head']['kind']} on {ck['head']['embed_dim']}-dim features")
         t.add_row("  trained on", f"{tb.get('config')} / {tb.get('pretrained')} from {tb.get('source')} "
                   f"(sha256 {str(tb.get('sha256'))[:12]})")
+        t.add_row("  reads", _reads_text(ck))
         dec = ck.get("decision") or {}
-        t.add_row("  decision", _decision_text(dec))
+        t.add_row("  decision", _decision_text(dec, ck.get("scaling") or {}))
         if ck.get("training"):
             t.add_row("  training", _training_text(ck["training"]))
     else:
@@ -112,15 +116,29 @@ def render_info(data: dict) -> None:
     con.print(t)
 
 
-def _decision_text(dec: dict) -> str:
+def _reads_text(ck: dict) -> str:
+    pre, feats = ck.get("preprocess") or {}, ck.get("features") or {}
+    mode = pre.get("mode", "resize")
+    recipe = ("full-resolution crops" if mode == "native" else f"image resized to {pre.get('size', '?')}")
+    views = int(pre.get("views", 1))
+    if views > 1:
+        recipe += f", {views} crops per image ({feats.get('aggregate', 'mean')} of logits)"
+    layers = [int(k) for k in feats.get("layers", [0])]
+    names = ["final embedding" if k == 0 else f"block {k}" for k in layers]
+    return f"{recipe}; {', '.join(names)}"
+
+
+def _decision_text(dec: dict, scaling: dict | None = None) -> str:
     thr = dec.get("threshold")
     text = f"threshold {thr:.4f}" if isinstance(thr, int | float) else "threshold ?"
+    if scaling and scaling.get("method") == "platt":
+        text += f" on Platt-scaled probabilities (a {scaling.get('a', 1):.3f}, b {scaling.get('b', 0):.3f})"
     band = dec.get("uncertain")
     if band:
         text += f"; abstain band [{band[0]:.4f}, {band[1]:.4f}) labelled uncertain"
     cal = dec.get("calibration") or {}
     if cal.get("target_fpr") is not None:
-        text += (f"; calibrated for {cal['target_fpr']:.0%} FPR on {cal.get('n_real', '?')} real images"
+        text += (f"; calibrated for {cal['target_fpr']:.1%} FPR on {cal.get('n_real', '?')} real images"
                  f" ({cal.get('data', '?')}, split {cal.get('split', '?')})")
     return text
 
