@@ -264,7 +264,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--protocols", nargs="+", default=["D", "E"], help="D E A B:diffusion→gan B:gan→diffusion C")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "quality_modern.json")
+    ap.add_argument("--tables", type=Path, nargs="+", help="only print markdown tables of these result files")
     args = ap.parse_args()
+    if args.tables:
+        print(tables(args.tables))
+        return
     t0 = time.time()
     srcs = load_all()
     doc = json.loads(args.out.read_text()) if args.out.exists() else {"runs": {}}
@@ -292,6 +296,83 @@ def main() -> None:
                 args.out.write_text(json.dumps(doc, indent=1))
     doc["seconds"] = round(time.time() - t0, 1)
     args.out.write_text(json.dumps(doc, indent=1))
+
+
+
+# --------------------------------------------------------------------------- tables
+
+SHORT = {"modern/flux.1-dev": "FLUX.1-dev", "modern/flux.1-kontext-edit": "Kontext edit", "modern/gpt-4o": "GPT-4o",
+         "modern/gpt-image-2": "gpt-image-2", "modern/midjourney-v7": "MJ v7", "modern/qwen-image": "Qwen-Image",
+         "faces/stylegan3": "StyleGAN3 faces"}
+
+
+def _agg(per_seed: list[dict], key: str, field: str = "ap") -> tuple[float, float] | None:
+    vals = [r[key][field] for r in per_seed if key in r and r[key].get(field) is not None]
+    return (float(np.mean(vals)), float(np.std(vals))) if vals else None
+
+
+def _cell(v: tuple[float, float] | None, n: int) -> str:
+    if v is None:
+        return "–"
+    return f"{v[0]:.3f}" + (f" ± {v[1]:.3f}" if n > 1 else "")
+
+
+def tables(files: list[Path]) -> str:
+    """Markdown tables of every run in the result files (mean ± sd over seeds)."""
+    runs, released = {}, None
+    for f in files:
+        d = json.loads(f.read_text())
+        runs.update(d.get("runs", {}))
+        released = released or d.get("released")
+    gens = list(SHORT)
+    out = []
+    for proto in ("D", "E"):
+        out.append(f"#### Protocol {proto}: AP per held-out generator (content-only control AP in brackets)\n")
+        out.append("| configuration | " + " | ".join(SHORT[g] for g in gens) + " | mean | photoreal | FFHQ pair |")
+        out.append("|---" * (len(gens) + 4) + "|")
+        if released:
+            for name, rows in released.items():
+                cells = [f"{rows[g]['ap']:.3f} ({rows[g].get('control_ap', 0):.2f})" for g in gens]
+                mean = np.mean([rows[g]["ap"] for g in gens])
+                photo = rows.get("photoreal-pooled", {}).get("ap") if proto == "D" else None
+                out.append(f"| previous release {name} (never saw modern data) | " + " | ".join(cells)
+                           + f" | **{mean:.3f}** | {photo:.3f} | {rows['faces/ffhq-pair']['ap']:.3f} |"
+                           if photo is not None else
+                           f"| previous release {name} (never saw modern data) | " + " | ".join(cells)
+                           + f" | **{mean:.3f}** | – | {rows['faces/ffhq-pair']['ap']:.3f} |")
+        for key, r in sorted(runs.items()):
+            p, cname, method = key.split("|")
+            if p != proto:
+                continue
+            ps = r["per_seed"]
+            n = len(ps)
+            cells = []
+            for g in gens:
+                v, c = _agg(ps, g), _agg(ps, g, "control_ap")
+                cells.append(_cell(v, n) + (f" ({c[0]:.2f})" if c else ""))
+            means = [float(np.mean([row[g]["ap"] for g in gens if g in row])) for row in ps]
+            mean = (float(np.mean(means)), float(np.std(means)))
+            if proto == "E":  # photoreal pooled over folds: mean of the per-generator photoreal APs
+                ph = [float(np.mean([row[f"{g}:photoreal"]["ap"] for g in gens[:6] if f"{g}:photoreal" in row]))
+                      for row in ps]
+                photo = (float(np.mean(ph)), float(np.std(ph)))
+            else:
+                photo = _agg(ps, "photoreal-pooled")
+            out.append(f"| {cname} · {method} ({n} seed{'s' if n > 1 else ''}) | " + " | ".join(cells)
+                       + f" | **{_cell(mean, n)}** | {_cell(photo, n)} | {_cell(_agg(ps, 'faces/ffhq-pair'), n)} |")
+        out.append("")
+    abc = [(k, r) for k, r in sorted(runs.items()) if k.split("|")[0] not in ("D", "E")]
+    if abc:
+        out.append("#### Protocols A–C (older sources only): mean AP over held-out sources\n")
+        out.append("| protocol | configuration · method | seeds | mean AP |")
+        out.append("|---|---|---|---|")
+        for key, r in abc:
+            p, cname, method = key.split("|")
+            ps = r["per_seed"]
+            means = [float(np.mean([v["ap"] for k, v in row.items() if v.get("ap") is not None])) for row in ps]
+            out.append(f"| {p} | {cname} · {method} | {len(ps)} | {np.mean(means):.3f} ± {np.std(means):.3f} |")
+        out.append("")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

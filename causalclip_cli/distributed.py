@@ -525,6 +525,15 @@ def _is_folder_dest(output: str) -> bool:
     return is_uri(output) or output.endswith(("/", os.sep)) or os.path.isdir(output)
 
 
+def _parquet_row(rec: ScanRecord) -> dict:
+    """A record as a Parquet row: the provenance object travels as its JSON text (Parquet has no free-form
+    objects); `json.loads` restores it."""
+    d = rec.to_dict()
+    if d.get("provenance") is not None:
+        d["provenance"] = json.dumps(d["provenance"])
+    return d
+
+
 def _scan_to_parquet(listing: Listing, dest: str, checkpoint: str | None, options: ScanOptions,
                      ray_options: RayOptions, summary: ScanSummary, device: str,
                      backbone_weights: str | None) -> None:
@@ -536,7 +545,7 @@ def _scan_to_parquet(listing: Listing, dest: str, checkpoint: str | None, option
     schema = pa.schema([f for f in _record_schema() if f.name in FIELDS])
     shards = ShardWriter(dest, schema)
     try:
-        scan_ray(listing, checkpoint, options, ray_options, lambda rec: shards.write(rec.to_dict()), summary,
+        scan_ray(listing, checkpoint, options, ray_options, lambda rec: shards.write(_parquet_row(rec)), summary,
                  device=device, backbone_weights=backbone_weights)
     except KeyboardInterrupt:
         summary.interrupted = True
