@@ -21,12 +21,13 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 MANIFEST = HERE / "results" / "release-manifest.csv"
+PREVIOUS = HERE / "results" / "previous-release"
 HEADS = {
     "causalclip-vitb16": "causalclip-vitb16",
     "linear-vitb16": "linear-vitb16",
     "causalclip-vitb16-crops": "causalclip-vitb16-crops",
-    "previous causalclip-vitb16 (2026-11-25)": str(HERE / "results" / "previous-release" / "causalclip-vitb16.safetensors"),
-    "previous linear-vitb16 (2026-11-25)": str(HERE / "results" / "previous-release" / "linear-vitb16.safetensors"),
+    "previous causalclip-vitb16 (2026-11-25)": str(PREVIOUS / "causalclip-vitb16.safetensors"),
+    "previous linear-vitb16 (2026-11-25)": str(PREVIOUS / "linear-vitb16.safetensors"),
 }
 
 
@@ -78,7 +79,8 @@ def main() -> None:
     for name, d in doc.items():
         g = d["groups"]
         lines.append(f"| {name} | {d['camera_labelled_fake']}/{d['camera_photos']} "
-                     f"({d['camera_labelled_fake'] / max(d['camera_photos'], 1):.1%}) | {g['all modern']['ap']:.3f} | "
+                     f"({d['camera_labelled_fake'] / max(d['camera_photos'], 1):.1%}) | "
+                     f"{g['all modern']['ap']:.3f} | "
                      f"{g['faces_stylegan3']['ap']:.3f} | {g['all']['ap']:.3f} | {g['all']['fake_labelled_fake']:.1%} |")
     md = "\n".join(lines) + "\n"
     (HERE / "results" / "release_eval.md").write_text(md)
