@@ -81,7 +81,8 @@ def main() -> None:
         lines.append(f"| {name} | {d['camera_labelled_fake']}/{d['camera_photos']} "
                      f"({d['camera_labelled_fake'] / max(d['camera_photos'], 1):.1%}) | "
                      f"{g['all modern']['ap']:.3f} | "
-                     f"{g['faces_stylegan3']['ap']:.3f} | {g['all']['ap']:.3f} | {g['all']['fake_labelled_fake']:.1%} |")
+                     f"{g['faces_stylegan3']['ap']:.3f} | {g['all']['ap']:.3f} | "
+                     f"{g['all']['fake_labelled_fake']:.1%} |")
     md = "\n".join(lines) + "\n"
     (HERE / "results" / "release_eval.md").write_text(md)
     print(md, file=sys.stderr)
