@@ -97,15 +97,16 @@ def _shareable(path: str) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
-def save_checkpoint(path: str | os.PathLike, head: Head, metadata: dict) -> Path:
-    """Write tensors + metadata to a temp file, fsync, then rename: a killed run leaves no half file."""
+def save_safetensors(path: str | os.PathLike, module: torch.nn.Module, key: str, document: dict) -> Path:
+    """A module's tensors + one JSON document under `key`, written to a temp file, fsynced, then renamed:
+    a killed run leaves no half file. Shared by heads and purifiers."""
     from safetensors.torch import save_file
 
     path = Path(path)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     tmp = _atomic_target(path)
     try:
-        save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True)})
+        save_file(tensors, tmp, metadata={key: json.dumps(document, sort_keys=True)})
         _shareable(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
@@ -114,6 +115,11 @@ def save_checkpoint(path: str | os.PathLike, head: Head, metadata: dict) -> Path
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def save_checkpoint(path: str | os.PathLike, head: Head, metadata: dict) -> Path:
+    """Write a head and its metadata atomically (save_safetensors)."""
+    return save_safetensors(path, head, METADATA_KEY, metadata)
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
@@ -211,16 +217,12 @@ class Detector:
         return FeatureSpec.from_dict(self.metadata.get("features"))
 
     @property
-    def cache_id(self) -> str:
+    def feature_id(self) -> str:
         """Feature-cache namespace: the backbone's id, plus the layer choice when it is not the default, plus
         `:int8` for INT8 features (autocast features are close enough to share fp32's, as they always have)."""
         key = self.features.key()
         return (self.backbone.info.id + (f"-{key}" if key else "")
                 + (":int8" if self.precision == "int8" else ""))
-
-    @property
-    def feature_id(self) -> str:
-        return self.cache_id
 
     @property
     def scaling(self) -> tuple[float, float]:
@@ -275,10 +277,9 @@ def check_compatible(meta: dict, info: dict, source: str) -> None:
     """Errors when the head cannot run on this backbone; a warning when only the weights differ."""
     want = meta["backbone"]
     head_dim = int(meta["head"]["embed_dim"])
-    layers = (meta.get("features") or {}).get("layers", [0])
-    if list(layers) != [0]:
-        pass  # layer taps: the shape check happens after the tower is built (load_detector)
-    elif int(info["embed_dim"]) != head_dim:
+    # A head reading layer taps is checked against the built tower instead (load_detector).
+    final_only = list((meta.get("features") or {}).get("layers", [0])) == [0]
+    if final_only and int(info["embed_dim"]) != head_dim:
         raise CheckpointError(
             f"{source}: head expects {head_dim}-dim features from {want.get('config')}, "
             f"but backbone {info['config']} gives {info['embed_dim']}",

@@ -148,6 +148,8 @@ def run_train(req: TrainRequest) -> dict:
                          "--layers/--recipe need --data")
     if req.augment_views and store:
         raise UsageError("--augment-views needs --data")
+    if req.augment_views and req.augment:
+        raise UsageError("--augment (one extra copy) and --augment-views cannot be combined")
     from causalclip_cli.heads import COMBINES
 
     if req.combine not in COMBINES:
@@ -194,8 +196,6 @@ def run_train(req: TrainRequest) -> dict:
         aug = compose(align, random_augment(req.augment, req.seed))
         common_aug = {**common, "transform": aug}
         au = dataset_features(train_s, label="augmented copies", use_cache=False, **common_aug)
-        if x_tr.ndim == 3:
-            raise UsageError("--augment (one extra copy) and --augment-views cannot be combined")
         x_tr, y_tr = np.concatenate([x_tr, au.x]), np.concatenate([y_tr, au.y])
     if len(set(y_tr.tolist())) < 2:
         raise DataError("training data has only one class; need real and fake images")
@@ -343,7 +343,7 @@ def layer_dataset_features(samples: list, tower, layers: tuple[int, ...], base_i
 
 def _detector_features(det, samples, req, transform=None) -> FeatureSet:  # noqa: ANN001
     if getattr(det, "precision", "fp32") == "int8" or not hasattr(det.backbone.tower, "transformer"):
-        return dataset_features(samples, det.embed, det.preprocess, det.cache_id, cache_dir=req.cache_dir,
+        return dataset_features(samples, det.embed, det.preprocess, det.feature_id, cache_dir=req.cache_dir,
                                 transform=transform, batch_size=req.batch_size, workers=req.workers)
     import torch
 

@@ -130,14 +130,9 @@ class Preprocess:
         resample = _RESAMPLE[self.interpolation]
         if self.crop == "squash":
             return img.resize((s, s), resample)
-        w, h = img.size
         # Same arithmetic as torchvision's Resize(int) followed by CenterCrop(int).
-        if w <= h:
-            nw, nh = s, int(s * h / w)
-        else:
-            nw, nh = int(s * w / h), s
-        if (nw, nh) != (w, h):
-            img = img.resize((nw, nh), resample)
+        img = self._short_side(img)
+        nw, nh = img.size
         top = int(round((nh - s) / 2.0))
         left = int(round((nw - s) / 2.0))
         return img.crop((left, top, left + s, top + s))

@@ -19,7 +19,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -235,8 +234,8 @@ def parse_purifier(text: str | None, device: str = "cpu") -> Purifier | None:
 
 
 def save_purifier(path: str | os.PathLike, net: PurifierNet, metadata: dict) -> Path:
-    """safetensors + JSON metadata, written to a temp file and renamed (a killed run leaves nothing)."""
-    from safetensors.torch import save_file
+    """safetensors + JSON metadata, written atomically like a checkpoint (a killed run leaves nothing)."""
+    from causalclip_cli.checkpoint import save_safetensors
 
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -244,20 +243,7 @@ def save_purifier(path: str | os.PathLike, net: PurifierNet, metadata: dict) -> 
     meta = {"format_version": PURIFIER_FORMAT, "kind": "residual-cnn", "config": asdict(net.config),
             "tool": {"name": "causalclip", "version": __version__},
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **metadata}
-    tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={PURIFIER_KEY: json.dumps(meta, sort_keys=True)})
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return save_safetensors(path, net, PURIFIER_KEY, meta)
 
 
 def load_purifier(path: str | os.PathLike) -> LearnedPurifier:
