@@ -2,10 +2,11 @@
 
     python benchmarks/adversarial.py [--images 12] [--train-images 8] [--steps 3] [--threads 2]
 
-Held-out images (sources or files the released heads never trained on: modern-2025, and the
-multigen-2022 files outside benchmarks/results/release-manifest.csv), a deterministic class-balanced
-sample. Every image is attacked toward the verdict opposite of its label (generated → real, real →
-fake), white-box L∞ PGD through preprocessing, backbone and head (library: causalclip_cli.adversarial).
+Held-out images the released heads never trained or calibrated on (the test split of modern-2025 and
+faces-2025 in benchmarks/results/release-manifest.csv, and web-sd / multigen-2022 files outside it), a
+deterministic class-balanced sample. Every image is attacked toward the verdict opposite of its label
+(generated → real, real → fake), white-box L∞ PGD through preprocessing, backbone and head
+(library: causalclip_cli.adversarial).
 
 Stages (results are written after each, so a cut-off run keeps what it measured):
 1. clean AP/accuracy of both heads under each purifier (none, jpeg:75, blur:1, rescale:0.5, median:3,
@@ -52,20 +53,39 @@ def _manifest() -> dict[str, str]:
         return {str((MANIFEST.parent / r["path"]).resolve()): r["split"] for r in csv.DictReader(fh)}
 
 
+def _images(pattern: str) -> list[str]:
+    return sorted(str(p.resolve()) for p in SHARED_DATA.glob(pattern) if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+# Where the held-out images come from, per class: (share of the class, pool). Pools hold only files the
+# released heads never saw: the test split of modern-2025 / faces-2025 in the release manifest, and files of
+# web-sd and multigen-2022 outside it. A pool that runs short hands its remainder to the next one.
+def _pools() -> dict[int, list[tuple[float, list[str]]]]:
+    split = _manifest()
+    test = {p for p, s in split.items() if s == "test"}
+    held = [p for p in _images("modern-2025/*/0_real/*")]
+    return {
+        0: [(0.5, [p for p in held if p in test]),
+            (0.05, [p for p in _images("faces-2025/*/0_real/*") if p in test]),
+            (0.45, [p for p in _images("web-sd/0_real/*") if p not in split])],
+        1: [(0.4, [p for p in _images("modern-2025/*/1_fake/*") if p in test]),
+            (0.15, [p for p in _images("faces-2025/*/1_fake/*") if p in test]),
+            (0.2, [p for p in _images("multigen-2022/*/1_fake/*") if p not in split]),
+            (0.25, [p for p in _images("web-sd/1_fake/*") if p not in split])],
+    }
+
+
 def held_out_sample(n: int) -> tuple[list[str], np.ndarray]:
-    """n/2 generated + n/2 real, half from modern-2025 and half from multigen-2022 files outside the
-    release manifest (where there are any), evenly spread over the sorted file lists (deterministic)."""
-    used = set(_manifest())
+    """n/2 generated + n/2 real images the released heads never trained or calibrated on (see _pools),
+    evenly spread over each pool's sorted file list (deterministic)."""
     files, labels = [], []
-    for label, folder in ((1, "1_fake"), (0, "0_real")):
-        per = n // 2
-        modern = sorted(str(p.resolve()) for p in (SHARED_DATA / "modern-2025").glob(f"*/{folder}/*")
-                        if p.suffix.lower() in IMAGE_SUFFIXES)
-        multi = sorted(str(p.resolve()) for p in (SHARED_DATA / "multigen-2022").glob(f"*/{folder}/*")
-                       if p.suffix.lower() in IMAGE_SUFFIXES and str(p.resolve()) not in used)
-        # multigen-2022's reals are all in the release manifest: then every real comes from modern-2025.
-        n_multi = min(per // 2, len(multi))
-        chosen = _spread(modern, per - n_multi) + _spread(multi, n_multi)
+    for label, pools in sorted(_pools().items(), reverse=True):
+        per, chosen, carry = n // 2, [], 0
+        for k, (share, pool) in enumerate(pools):
+            want = per - len(chosen) if k == len(pools) - 1 else round(per * share) + carry
+            take = _spread(pool, min(want, len(pool)))
+            carry = want - len(take)
+            chosen += take
         files += chosen
         labels += [label] * len(chosen)
     return files, np.array(labels)
@@ -84,6 +104,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="PGD iterations")
     ap.add_argument("--eps", default="1,2,4,8", help="budgets of the non-adaptive sweep, 1/255 units")
     ap.add_argument("--purifier-iterations", type=int, default=300)
+    ap.add_argument("--feature-weight", type=float, default=0.0,
+                    help="representation-guided purifier loss (0: pixel L1 only; see PurifierTrainConfig)")
+    ap.add_argument("--note", default="", help="a line about the machine's load, printed above the tables")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--render", action="store_true", help="only rewrite results/adversarial.md from the JSON")
@@ -119,7 +142,7 @@ def main() -> None:
     log(f"{len(y)} held-out images ({int(y.sum())} generated), {len(failed)} unreadable")
     target = torch.as_tensor(1 - y)
     results: dict = {"machine": machine_info("cpu"), "command": " ".join(["python", *sys.argv]),
-                     "note": "shared 2-vCPU machine (other jobs running); timings are indicative only",
+                     "note": args.note,
                      "config": vars(args), "images": [str(Path(f).relative_to(SHARED_DATA.resolve()))
                                                       for f in np.array(files)[ok]],
                      "thresholds": {k: d.decision.threshold for k, d in heads.items()},
@@ -147,7 +170,8 @@ def main() -> None:
     ts = time.perf_counter()
     train_files = training_sample(args.train_images)
     train_px, _, _ = load_pixels(train_files, det_c, args.batch_size)
-    pcfg = PurifierTrainConfig(attack_steps=args.steps, iterations=args.purifier_iterations)
+    pcfg = PurifierTrainConfig(attack_steps=args.steps, iterations=args.purifier_iterations,
+                               feature_weight=args.feature_weight)
     net, summary = train_purifier(det_c, train_px, pcfg, progress=log)
     save_purifier(PURIFIER_OUT, net, {"training": {**summary, "images": "benchmarks/results/release-manifest.csv "
                                                    f"train split, {len(train_files)} evenly spread"}})
@@ -272,7 +296,8 @@ def render_md(r: dict) -> str:
     heads = list(r["clean"])
     purs = list(next(iter(r["clean"].values()))) if r["clean"] else []
     lines = [f"# Adversarial robustness ({len(r['images'])} held-out images; `{r['command']}`)", "",
-             r["note"], "", "## Summary: attack success rate / AP after, CausalCLIP head", "",
+             *([r["note"], ""] if r.get("note") else []),
+             "## Summary: attack success rate / AP after, CausalCLIP head", "",
              *render_summary(r), "", "## Clean AP / accuracy per purifier", "",
              "| purifier | " + " | ".join(f"{h} AP | {h} acc" for h in heads) + " |",
              "|---|" + "---|---|" * len(heads)]
@@ -296,6 +321,12 @@ def render_md(r: dict) -> str:
                   f"{t['attack_flip_rate']:.2f}; L1 to clean {t['l1_adv_vs_clean']:.4f} → "
                   f"{t['l1_purified_adv_vs_clean']:.4f} (clean inputs: {t['l1_purified_clean_vs_clean']:.4f}); "
                   f"{t['seconds']} s."]
+        if "feature_error_adv" in t:
+            lines += ["", f"Representation-guided (feature weight {t['config']['feature_weight']:g}): relative "
+                      f"feature error of the adversarial training images {t['feature_error_adv']:.4f} → "
+                      f"{t['feature_error_purified_adv']:.4f} after the purifier (clean images through it: "
+                      f"{t['feature_error_purified_clean']:.4f}); verdicts still flipped after it "
+                      f"{t['flip_rate_after_purifier']:.2f} (non-adaptive, training images)."]
     lines += ["", "Seconds per stage: " + ", ".join(f"{k} {v}" for k, v in r["seconds"].items())]
     return "\n".join(lines) + "\n"
 

@@ -7,8 +7,10 @@ One forward pass per view returns the final projection and the class token of al
   native   no downscale; centre crop (256-px thumbnails) or centre + 4 corners (modern-2025, ≤ 768 px)
   tiny     content-only control: downscaled to 24 px and back before the resize recipe, which keeps the
            scene and loses every pixel-level trace (run on modern-2025 and faces-2025)
+  old-aug2 the second augmented view (transforms.degrade(2)) of the 21 older sources under the resize
+           recipe, so `--augment-views 2` needs no extraction there (the first views came from the GPU run)
 
-    python benchmarks/extract_views.py [--only modern faces old tiny]
+    python benchmarks/extract_views.py [--only modern faces old tiny old-aug2]
 """
 
 from __future__ import annotations
@@ -38,17 +40,20 @@ def main() -> None:
     groups = all_groups(DATA)
     for what in args.only:
         if what == "modern":
-            plan += [(g, "resize", 1) for g in groups["modern"]] + [(g, "native", 5) for g in groups["modern"]]
+            plan += [(g, "resize", 1, None) for g in groups["modern"]]
+            plan += [(g, "native", 5, None) for g in groups["modern"]]
         elif what == "faces":
-            plan += [(g, "resize", 1) for g in groups["faces"]] + [(g, "native", 1) for g in groups["faces"]]
+            plan += [(g, v, 1, None) for g in groups["faces"] for v in ("resize", "native")]
         elif what == "old":
-            plan += [(g, "native", 1) for g in groups["old"]]
+            plan += [(g, "native", 1, None) for g in groups["old"]]
         elif what == "tiny":
-            plan += [(g, "tiny", 1) for g in groups["modern"] + groups["faces"]]
-    for (name, _family, samples), variant, views in plan:
+            plan += [(g, "tiny", 1, None) for g in groups["modern"] + groups["faces"]]
+        elif what == "old-aug2":
+            plan += [(g, "resize", 1, "degrade2") for g in groups["old"]]
+    for (name, _family, samples), variant, views, transform in plan:
         t = time.time()
-        x, _, _ = embed_variant(samples, variant, views, ALL_LAYERS, batch_size=args.batch_size,
-                                workers=args.workers, label=f"{name} {variant}x{views}")
+        x, _, _ = embed_variant(samples, variant, views, ALL_LAYERS, transform=transform, batch_size=args.batch_size,
+                                workers=args.workers, label=f"{name} {variant}x{views} {transform or ''}")
         print(f"{name:32s} {variant}x{views}: {len(x)} images {x.shape} in {time.time() - t:.0f} s "
               f"(total {time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
 

@@ -45,7 +45,7 @@ class Config:
     name: str
     layers: tuple[int, ...] = (0,)
     combine: str = "concat"
-    aug: int = 0  # cached augmented views per training image (0, 1 or 2; old sources have 1)
+    aug: int = 0  # cached augmented views per training image (0, 1 or 2; old sources' native recipe has 1)
     views: int = 1  # crops at test time (modern-2025 only; 256-px sets have one native crop)
     variant: str = "native"
 
@@ -91,9 +91,11 @@ def load_all() -> list[Src]:
             f["native-aug1"] = embed_variant(samples, "native", 1, ALL, transform="degrade1", label=name)[0]
             f["resize"] = embed_variant(samples, "resize", 1, ALL, label=name)[0]
             f["resize-aug1"] = embed_variant(samples, "resize", 1, ALL, transform="degrade1", label=name)[0]
+            # The older sources' second resize view: `extract_views.py --only old-aug2` (before it existed,
+            # results/qm-causal-aug.json repeated their first view).
+            f["resize-aug2"] = embed_variant(samples, "resize", 1, ALL, transform="degrade2", label=name)[0]
             if grp != "old":
                 f["native-aug2"] = embed_variant(samples, "native", 1, ALL, transform="degrade2", label=name)[0]
-                f["resize-aug2"] = embed_variant(samples, "resize", 1, ALL, transform="degrade2", label=name)[0]
                 f["tiny"] = embed_variant(samples, "tiny", 1, ALL, label=name)[0]
             if grp == "modern":
                 f["native5"] = embed_variant(samples, "native", 5, ALL, label=name)[0]

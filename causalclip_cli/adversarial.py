@@ -62,26 +62,29 @@ class AttackConfig:
         return 2.5 * self.eps / self.steps / 255.0
 
 
-def logits_from_pixels(detector: Detector, pixels: torch.Tensor, purifier: Purifier | None = None) -> torch.Tensor:
-    """[0, 1] pixels → fake logits with autograd on (never under inference_mode, unlike Detector.embed).
-
-    The purifier, if any, is applied as an adaptive attacker sees it (`for_attack`)."""
-    detector.head.eval()
-    # Checkpoints may read intermediate layers and map logits through a calibration (a·logit + b);
-    # checkpoints without those fields use the final embedding and the identity map.
+def features_from_pixels(detector: Detector, pixels: torch.Tensor, purifier: Purifier | None = None) -> torch.Tensor:
+    """[0, 1] pixels → the features the head reads, with autograd on (never under inference_mode, unlike
+    Detector.embed). The purifier, if any, is applied as an adaptive attacker sees it (`for_attack`)."""
+    # Checkpoints may read intermediate layers; checkpoints without that field use the final embedding.
     spec = getattr(detector, "features", None)
     layers = tuple(getattr(spec, "layers", (0,)))
-    a, b = getattr(detector, "scaling", (1.0, 0.0))
     with torch.inference_mode(False), torch.enable_grad():
         x = purifier.for_attack(pixels) if purifier is not None else pixels
         xn = normalise(x, detector.preprocess)
         if layers == (0,):
-            feats = detector.backbone.tower(xn)
-        else:
-            from causalclip_cli.taps import forward_layers
+            return detector.backbone.tower(xn).float()
+        from causalclip_cli.taps import forward_layers
 
-            feats = forward_layers(detector.backbone.tower, xn, layers)
-        return a * detector.head(feats.float()) + b
+        return forward_layers(detector.backbone.tower, xn, layers).float()
+
+
+def logits_from_pixels(detector: Detector, pixels: torch.Tensor, purifier: Purifier | None = None) -> torch.Tensor:
+    """[0, 1] pixels → fake logits with autograd on, mapped through the checkpoint's calibration
+    (a·logit + b; the identity for checkpoints without one)."""
+    detector.head.eval()
+    a, b = getattr(detector, "scaling", (1.0, 0.0))
+    with torch.inference_mode(False), torch.enable_grad():
+        return a * detector.head(features_from_pixels(detector, pixels, purifier)) + b
 
 
 def check_attackable(detector: Detector) -> None:

@@ -615,6 +615,9 @@ def train_purifier_cmd(
                    ] = "2,4,8",
     steps: Annotated[int, typer.Option(min=1, help="PGD iterations per training example.")] = 5,
     iterations: Annotated[int, typer.Option(min=1, help="Optimiser steps of the denoiser.")] = 300,
+    feature_weight: Annotated[float, typer.Option(
+        min=0.0, help="Weight of the representation-guided loss (match the features the head reads, through the "
+                      "frozen backbone; whole images, slower). 0: pixel L1 only.")] = 0.0,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option()] = "auto",
     workers: Annotated[int, typer.Option(min=0)] = 2,
@@ -643,7 +646,8 @@ def train_purifier_cmd(
         for path, reason in failed[:5]:
             err.print(f"warning: skipped {path}: {reason}")
         err.print(f"train-purifier: {pixels.shape[0]} images, checkpoint {det.path.name}")
-        cfg = PurifierTrainConfig(eps_choices=eps_choices, attack_steps=steps, iterations=iterations, seed=seed)
+        cfg = PurifierTrainConfig(eps_choices=eps_choices, attack_steps=steps, iterations=iterations, seed=seed,
+                                  feature_weight=feature_weight)
         net, summary = train_purifier(det, pixels, cfg, progress=lambda m: err.print(m))
         save_purifier(output, net, {"training": summary})
     except CausalClipError as exc:

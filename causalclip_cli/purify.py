@@ -318,16 +318,42 @@ class PurifierTrainConfig:
     crop: int = 64  # the net is convolutional: train on random crops, run on whole images
     lr: float = 1e-3
     seed: int = 0
+    # Representation-guided training (HGD, Liao et al., CVPR 2018): also match the features the head
+    # reads, through the frozen backbone. Pixel L1 alone leaves the adversarial noise the backbone
+    # amplifies; this term targets exactly that, at one backbone forward/backward per image and step.
+    # 0 → pixel loss only. Guided steps see whole images (crop is ignored), `guided_batch_size` at a time.
+    feature_weight: float = 0.0
+    guided_batch_size: int = 8
+
+
+def _relative_feature_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image ||a − b||² / ||b||²: how far purified features are from the clean ones."""
+    return (a - b).pow(2).sum(-1) / b.pow(2).sum(-1).clamp_min(1e-12)
+
+
+def _features(detector: Detector, pixels: torch.Tensor, net: PurifierNet | None = None,
+              batch_size: int = 16) -> torch.Tensor:
+    from causalclip_cli.adversarial import features_from_pixels
+
+    out = []
+    for i in range(0, pixels.shape[0], batch_size):
+        x = pixels[i:i + batch_size].to(detector.device)
+        with torch.no_grad():
+            if net is not None:
+                x = net(x)
+        out.append(features_from_pixels(detector, x).detach().cpu())
+    return torch.cat(out)
 
 
 def train_purifier(detector: Detector, pixels: torch.Tensor, config: PurifierTrainConfig | None = None,
                    progress: Callable[[str], None] | None = None) -> tuple[PurifierNet, dict]:
     """Craft PGD examples of `pixels` ([0, 1], N×3×S×S) against `detector`, each pushed to the verdict
     opposite of the detector's own (no labels needed), then fit the net to map adversarial → clean and
-    clean → clean (L1). Returns the net (eval mode, CPU) and a training summary."""
+    clean → clean: L1 in pixels, plus (feature_weight > 0) the relative error of the features the head
+    reads. Returns the net (eval mode, CPU) and a training summary."""
     import time
 
-    from causalclip_cli.adversarial import AttackConfig, attack, probabilities
+    from causalclip_cli.adversarial import AttackConfig, attack, features_from_pixels, probabilities
 
     cfg = config or PurifierTrainConfig()
     start = time.perf_counter()
@@ -346,29 +372,41 @@ def train_purifier(detector: Detector, pixels: torch.Tensor, config: PurifierTra
         if progress:
             progress(f"crafted {len(idx)} PGD examples at eps {e:g}/255")
     flipped = float(((probabilities(detector, adv) >= thr).long() != verdict).float().mean())
+    guided = cfg.feature_weight > 0
+    clean_feats = _features(detector, pixels) if guided else None
     torch.manual_seed(cfg.seed)
-    net = PurifierNet(PurifierNetConfig(cfg.width, cfg.depth)).train()
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    net = PurifierNet(PurifierNetConfig(cfg.width, cfg.depth)).train().to(detector.device)
+    params = list(net.parameters())
+    opt = torch.optim.Adam(params, lr=cfg.lr)
     s = pixels.shape[-1]
-    crop = min(cfg.crop, s)
+    crop = s if guided else min(cfg.crop, s)
+    batch = cfg.guided_batch_size if guided else cfg.batch_size
     losses = []
     for it in range(cfg.iterations):
-        i = torch.randint(n, (cfg.batch_size,), generator=gen)
+        i = torch.randint(n, (batch,), generator=gen)
         top = int(torch.randint(s - crop + 1, (1,), generator=gen))
         left = int(torch.randint(s - crop + 1, (1,), generator=gen))
-        clean = pixels[i, :, top:top + crop, left:left + crop]
-        noisy = adv[i, :, top:top + crop, left:left + crop]
+        clean = pixels[i, :, top:top + crop, left:left + crop].to(detector.device)
+        noisy = adv[i, :, top:top + crop, left:left + crop].to(detector.device)
         # Half the batch adversarial → clean, half clean → clean: the net must not damage clean inputs.
-        half = cfg.batch_size // 2
+        half = max(1, batch // 2)
         inp = torch.cat([noisy[:half], clean[half:]])
-        loss = F.l1_loss(net(inp), clean)
-        opt.zero_grad()
-        loss.backward()
+        with torch.inference_mode(False), torch.enable_grad():
+            out = net(inp)
+            loss = F.l1_loss(out, clean)
+            if guided:
+                feats = features_from_pixels(detector, out)
+                target = clean_feats[i].to(feats.device)
+                loss = loss + cfg.feature_weight * _relative_feature_error(feats, target).mean()
+            # Gradients for the purifier only: the frozen backbone's weights get none (and cost none).
+            grads = torch.autograd.grad(loss, params)
+        for prm, g in zip(params, grads, strict=True):
+            prm.grad = g
         opt.step()
         losses.append(float(loss.detach()))
         if progress and (it + 1) % max(1, cfg.iterations // 5) == 0:
-            progress(f"iteration {it + 1}/{cfg.iterations}: L1 {np.mean(losses[-20:]):.5f}")
-    net.eval()
+            progress(f"iteration {it + 1}/{cfg.iterations}: loss {np.mean(losses[-20:]):.5f}")
+    net.eval().cpu()
     with torch.no_grad():
         before = float(F.l1_loss(adv, pixels))
         after = float(F.l1_loss(net(adv), pixels))
@@ -377,4 +415,16 @@ def train_purifier(detector: Detector, pixels: torch.Tensor, config: PurifierTra
                "config": asdict(cfg), "attack_flip_rate": flipped,
                "l1_adv_vs_clean": before, "l1_purified_adv_vs_clean": after, "l1_purified_clean_vs_clean": clean_err,
                "final_loss": float(np.mean(losses[-20:])), "seconds": round(time.perf_counter() - start, 2)}
+    if guided:
+        net_dev = net.to(detector.device)
+        summary["feature_error_adv"] = float(_relative_feature_error(_features(detector, adv), clean_feats).mean())
+        summary["feature_error_purified_adv"] = float(
+            _relative_feature_error(_features(detector, adv, net_dev), clean_feats).mean())
+        summary["feature_error_purified_clean"] = float(
+            _relative_feature_error(_features(detector, pixels, net_dev), clean_feats).mean())
+        pur = LearnedPurifier(net_dev)
+        summary["flip_rate_after_purifier"] = float(
+            ((probabilities(detector, adv, pur) >= thr).long() != verdict).float().mean())
+        net.cpu()
+        summary["seconds"] = round(time.perf_counter() - start, 2)
     return net, summary
