@@ -1,6 +1,7 @@
 """Adversarial robustness of the released heads, with and without input purification.
 
-    python benchmarks/adversarial.py [--images 12] [--train-images 8] [--steps 3] [--threads 2]
+    python benchmarks/adversarial.py [--images 12] [--sweep-images N] [--train-images 8] [--steps 3]
+        [--feature-weight W] [--threads 2]
 
 Held-out images the released heads never trained or calibrated on (the test split of modern-2025 and
 faces-2025 in benchmarks/results/release-manifest.csv, and web-sd / multigen-2022 files outside it), a
@@ -9,13 +10,15 @@ deterministic class-balanced sample. Every image is attacked toward the verdict 
 (library: causalclip_cli.adversarial).
 
 Stages (results are written after each, so a cut-off run keeps what it measured):
-1. clean AP/accuracy of both heads under each purifier (none, jpeg:75, blur:1, rescale:0.5, median:3,
+1. the learned purifier: trained on PGD examples of *training* images (release manifest) against the
+   CausalCLIP head (pixel L1, plus the representation-guided loss with --feature-weight), saved to
+   benchmarks/results/purifier-vitb16.safetensors;
+2. clean AP/accuracy of both heads under each purifier (none, jpeg:75, blur:1, rescale:0.5, median:3,
    learned) — the clean cost of purification;
-2. the learned purifier: trained on PGD examples of *training* images (release manifest) against the
-   CausalCLIP head, saved to benchmarks/results/purifier-vitb16.safetensors;
-3. non-adaptive: PGD at eps 1, 2, 4, 8 /255 on the CausalCLIP head, FGSM at 4, PGD at 4 on the linear
-   head; each evaluated under every purifier, and transferred to the other head;
-4. adaptive: PGD at eps 4 through each purifier (BPDA for JPEG), on the CausalCLIP head.
+3. on every held-out image, PGD at eps 4/255 on the CausalCLIP head, non-adaptive (evaluated under every
+   purifier and transferred to the linear head) and adaptive (through each purifier; BPDA for JPEG);
+4. on the --sweep-images part: PGD at the other budgets, FGSM at 4, PGD at 4 crafted on the linear head
+   (transfer), and adaptive PGD at the --adaptive-eps budgets through each purifier.
 
 The backbone is shared by both heads, so each (image set, purifier) is embedded once.
 """
@@ -102,7 +105,10 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=12, help="held-out images (half generated)")
     ap.add_argument("--train-images", type=int, default=8, help="training images for the learned purifier")
     ap.add_argument("--steps", type=int, default=3, help="PGD iterations")
-    ap.add_argument("--eps", default="1,2,4,8", help="budgets of the non-adaptive sweep, 1/255 units")
+    ap.add_argument("--eps", default="1,2,4,8", help="budgets of the sweep, 1/255 units (4 runs on every image)")
+    ap.add_argument("--adaptive-eps", default="1,2", help="budgets (besides 4) of adaptive attacks on the sweep part")
+    ap.add_argument("--sweep-images", type=int, default=None,
+                    help="the eps sweep, FGSM, transfer and low-budget adaptive attacks on this many (default all)")
     ap.add_argument("--purifier-iterations", type=int, default=300)
     ap.add_argument("--feature-weight", type=float, default=0.0,
                     help="representation-guided purifier loss (0: pixel L1 only; see PurifierTrainConfig)")
@@ -195,20 +201,27 @@ def main() -> None:
     results["seconds"]["clean"] = round(time.perf_counter() - ts, 1)
     save()
 
-    def evaluate(key: str, adv: torch.Tensor, crafted_on: str, spec: dict, only: dict | None = None) -> None:
-        """Evaluate one adversarial set under purifiers (all, or `only`) on both heads."""
-        entry = {"crafted_on": crafted_on, **spec, **perturbation_stats(pixels, adv), "eval": {}}
+    def subset(n: int | None) -> np.ndarray:
+        """Indices of an evenly spread, class-balanced part of the held-out sample (all when n is None)."""
+        if n is None or n >= len(y):
+            return np.arange(len(y))
+        return np.sort(np.concatenate([c[np.linspace(0, len(c), n // 2, endpoint=False).astype(int)]
+                                       for c in (np.flatnonzero(y == 1), np.flatnonzero(y == 0))]))
+
+    def evaluate(key: str, adv: torch.Tensor, idx: np.ndarray, crafted_on: str, spec: dict,
+                 only: dict | None = None) -> None:
+        """Evaluate one adversarial set (of the images `idx`) under purifiers (all, or `only`) on both heads."""
+        yy, clean = y[idx], pixels[torch.as_tensor(idx)]
+        entry = {"crafted_on": crafted_on, "n_images": len(idx), **spec, **perturbation_stats(clean, adv), "eval": {}}
         for pname, pur in (only or purifiers).items():
             feats = embed(adv, pur)
             for hname, det in heads.items():
                 thr = det.decision.threshold
-                p_after = probs(det, feats)
-                rep = condition_report(y, clean_probs[pname][hname], p_after, np.ones_like(y, dtype=bool), None,
-                                       thr, pixels, adv)
+                p_before, p_after = clean_probs[pname][hname][idx], probs(det, feats)
+                rep = condition_report(yy, p_before, p_after, np.ones_like(yy, dtype=bool), None, thr, clean, adv)
                 per = {}
                 for cname, cls in (("fake→real", 1), ("real→fake", 0)):
-                    m = y == cls
-                    c = condition_report(y, clean_probs[pname][hname], p_after, m, None, thr, pixels, adv)
+                    c = condition_report(yy, p_before, p_after, yy == cls, None, thr, clean, adv)
                     per[cname] = {"success_rate": c["success_rate"], "n_correct_before": c["n_correct_before"]}
                 entry["eval"].setdefault(pname, {})[hname] = {
                     "success_rate": rep["success_rate"], "n_correct_before": rep["n_correct_before"],
@@ -216,47 +229,43 @@ def main() -> None:
                     "acc_before": rep["before"]["accuracy"], "acc_after": rep["after"]["accuracy"], **per}
         results["attacks"][key] = entry
         ev = entry["eval"]
-        log(f"{key}: " + "; ".join(f"{p}: ASR {_f(ev[p][crafted_on]['success_rate'])} "
-                                    f"AP {_f(ev[p][crafted_on]['ap_after'])}" for p in ev)
+        log(f"{key} ({len(idx)} images): " + "; ".join(
+            f"{p}: ASR {_f(ev[p][crafted_on]['success_rate'])} AP {_f(ev[p][crafted_on]['ap_after'])}" for p in ev)
             + f"  ({time.perf_counter() - t0:.0f} s)")
         save()
 
-    def non_adaptive(eps: float) -> None:
+    def run_attack(key: str, det: Detector, crafted_on: str, idx: np.ndarray, method: str, eps: float,
+                   through: str | None = None) -> None:
         ts = time.perf_counter()
-        adv = attack(det_c, pixels, target, AttackConfig("pgd", eps, args.steps, batch_size=args.batch_size))
-        results["seconds"][f"pgd-eps{eps:g}"] = round(time.perf_counter() - ts, 1)
-        evaluate(f"pgd eps{eps:g} on causalclip", adv, "causalclip",
-                 {"method": "pgd", "eps": eps, "steps": args.steps, "adaptive": False})
+        steps = 1 if method == "fgsm" else args.steps
+        cfg = AttackConfig(method, eps, steps, batch_size=args.batch_size)
+        sel = torch.as_tensor(idx)
+        adv = attack(det, pixels[sel], target[sel], cfg, purifiers[through] if through else None)
+        results["seconds"][key] = round(time.perf_counter() - ts, 1)
+        spec = {"method": method, "eps": eps, "steps": steps, "adaptive": through is not None}
+        if through:
+            spec["through"] = through
+        evaluate(key, adv, idx, crafted_on, spec, only={through: purifiers[through]} if through else None)
 
-    # Most important first, so a run cut short still answers the main questions.
-    # ---- stage 3a: non-adaptive PGD at eps 4, under every purifier
-    sweep = [float(e) for e in args.eps.split(",")]
-    if 4.0 in sweep:
-        non_adaptive(4.0)
-    # ---- stage 4: adaptive, through each purifier
-    for pname, pur in purifiers.items():
-        if pur is None:
-            continue
-        ts = time.perf_counter()
-        adv = attack(det_c, pixels, target, AttackConfig("pgd", 4.0, args.steps, batch_size=args.batch_size), pur)
-        results["seconds"][f"adaptive-{pname}"] = round(time.perf_counter() - ts, 1)
-        evaluate(f"adaptive pgd eps4 through {pname}", adv, "causalclip",
-                 {"method": "pgd", "eps": 4.0, "steps": args.steps, "adaptive": True, "through": pname},
-                 only={pname: pur})
-    # ---- stage 3b: the rest of the eps sweep, FGSM, and the attack crafted on the linear head
+    # Most important first, so a run cut short still answers the main questions: at eps 4 on every
+    # held-out image, non-adaptive (under every purifier) and adaptive (through each); then the eps sweep,
+    # FGSM, the linear-crafted transfer and adaptive attacks at the sweep's budgets on a class-balanced
+    # part (`--sweep-images`), since each PGD step costs a backbone forward and backward per image.
+    main_idx, sweep_idx = subset(None), subset(args.sweep_images)
+    run_attack("pgd eps4 on causalclip", det_c, "causalclip", main_idx, "pgd", 4.0)
+    for pname in purifiers:
+        if pname != "none":
+            run_attack(f"adaptive pgd eps4 through {pname}", det_c, "causalclip", main_idx, "pgd", 4.0, pname)
+    sweep = [float(e) for e in args.eps.split(",") if float(e) != 4.0]
     for eps in sweep:
-        if eps != 4.0:
-            non_adaptive(eps)
-    ts = time.perf_counter()
-    adv = attack(det_c, pixels, target, AttackConfig("fgsm", 4.0, batch_size=args.batch_size))
-    results["seconds"]["fgsm-eps4"] = round(time.perf_counter() - ts, 1)
-    evaluate("fgsm eps4 on causalclip", adv, "causalclip", {"method": "fgsm", "eps": 4.0, "steps": 1,
-                                                            "adaptive": False})
-    ts = time.perf_counter()
-    adv = attack(det_l, pixels, target, AttackConfig("pgd", 4.0, args.steps, batch_size=args.batch_size))
-    results["seconds"]["pgd-eps4-linear"] = round(time.perf_counter() - ts, 1)
-    evaluate("pgd eps4 on linear", adv, "linear", {"method": "pgd", "eps": 4.0, "steps": args.steps,
-                                                   "adaptive": False})
+        run_attack(f"pgd eps{eps:g} on causalclip", det_c, "causalclip", sweep_idx, "pgd", eps)
+    run_attack("fgsm eps4 on causalclip", det_c, "causalclip", sweep_idx, "fgsm", 4.0)
+    run_attack("pgd eps4 on linear", det_l, "linear", sweep_idx, "pgd", 4.0)
+    for eps in [float(e) for e in args.adaptive_eps.split(",") if e.strip() and float(e) != 4.0]:
+        for pname in purifiers:
+            if pname != "none":
+                run_attack(f"adaptive pgd eps{eps:g} through {pname}", det_c, "causalclip", sweep_idx, "pgd", eps,
+                           pname)
     save()
     log(f"done in {time.perf_counter() - t0:.0f} s; results in {RESULTS / 'adversarial.json'} and .md")
 
@@ -274,22 +283,27 @@ def render_summary(r: dict) -> list[str]:
     lines = ["| CausalCLIP head | " + " | ".join(purs) + " |", "|---|" + "---|" * len(purs),
              "| clean AP (acc) | " + " | ".join(f"{_f(r['clean']['causalclip'][p]['ap'])} "
                                               f"({_f(r['clean']['causalclip'][p]['accuracy'])})" for p in purs) + " |"]
-    adaptive = {}
+    adaptive: dict[float, dict] = {}
     for key, a in r["attacks"].items():
         if a.get("adaptive"):
-            adaptive[a["through"]] = a["eval"][a["through"]]["causalclip"]
+            adaptive.setdefault(a["eps"], {})[a["through"]] = (a["eval"][a["through"]]["causalclip"], a.get("n_images"))
             continue
         cells = []
         for p in purs:
             m = a["eval"].get(p, {}).get("causalclip")
             cells.append("–" if m is None else f"{_f(m['success_rate'])} / {_f(m['ap_after'])}")
         label = key + (" → causalclip (transfer)" if a["crafted_on"] != "causalclip" else "")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    if adaptive:
-        cells = [f"{_f(adaptive[p]['success_rate'])} / {_f(adaptive[p]['ap_after'])}" if p in adaptive else "–"
+        lines.append(f"| {label}{_n(a.get('n_images'))} | " + " | ".join(cells) + " |")
+    for eps, by_pur in sorted(adaptive.items(), key=lambda kv: -kv[0]):
+        cells = [f"{_f(by_pur[p][0]['success_rate'])} / {_f(by_pur[p][0]['ap_after'])}" if p in by_pur else "–"
                  for p in purs]
-        lines.append("| adaptive pgd eps4 (through the purifier) | " + " | ".join(cells) + " |")
+        n = next(iter(by_pur.values()))[1]
+        lines.append(f"| adaptive pgd eps{eps:g} (through the purifier){_n(n)} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _n(n: int | None) -> str:
+    return f" ({n} images)" if n else ""
 
 
 def render_md(r: dict) -> str:
@@ -305,13 +319,14 @@ def render_md(r: dict) -> str:
         lines.append(f"| {p} | " + " | ".join(f"{_f(r['clean'][h][p]['ap'])} | {_f(r['clean'][h][p]['accuracy'])}"
                                              for h in heads) + " |")
     lines += ["", "## Attacks: success rate (verdicts flipped among those right before) and AP after", "",
-              "| attack | crafted on | L∞ /255 | PSNR dB | purifier | evaluated on | ASR | ASR fake→real | "
+              "| attack | images | crafted on | L∞ /255 | PSNR dB | purifier | evaluated on | ASR | ASR fake→real | "
               "ASR real→fake | AP before | AP after | acc after |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, a in r["attacks"].items():
         for p, by_head in a["eval"].items():
             for h, m in by_head.items():
-                lines.append(f"| {key} | {a['crafted_on']} | {_f(a['linf_mean'])} | {_f(a['psnr_mean'])} | {p} | "
+                n = a.get("n_images", len(r["images"]))
+                lines.append(f"| {key} | {n} | {a['crafted_on']} | {_f(a['linf_mean'])} | {_f(a['psnr_mean'])} | {p} | "
                              f"{h}{' (transfer)' if h != a['crafted_on'] else ''} | {_f(m['success_rate'])} | "
                              f"{_f(m['fake→real']['success_rate'])} | {_f(m['real→fake']['success_rate'])} | "
                              f"{_f(m['ap_before'])} | {_f(m['ap_after'])} | {_f(m['acc_after'])} |")

@@ -147,6 +147,8 @@ def _training_text(tr: dict) -> str:
     parts = []
     if "n_train" in tr:
         parts.append(f"{tr['n_train']:,} train / {tr.get('n_val', 0):,} val images")
+    if tr.get("augmented_views"):
+        parts.append(f"{tr['augmented_views']} augmented views per training image, one drawn per epoch")
     if tr.get("generators"):
         parts.append(f"{len(tr['generators'])} generators ({tr.get('layout', '?')} layout)")
     if "best_epoch" in tr:

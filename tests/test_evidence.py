@@ -146,6 +146,8 @@ def test_crop_layers_and_augmented_views_round_trip(sized_tree: Path, tmp_path: 
     assert meta["head"]["embed_dim"] == 32 + 64 + 64
     assert meta["head"]["config"]["segments"] == [32, 64, 64]
     assert meta["training"]["summary"]["augmented_views"] == 2
+    shown = runner.invoke(app, ["info", "-c", str(ckpt)])
+    assert shown.exit_code == 0 and "2 augmented views" in " ".join(shown.output.split())
     # The cache keyed on the choice: centre crops with layer taps, and each augmented view apart.
     dirs = sorted(p.name for p in (cache / "features").iterdir())
     assert len(dirs) == 3 and all("-L0_1_2-" in d for d in dirs)

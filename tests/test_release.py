@@ -81,6 +81,9 @@ def test_info_describes_the_default_model_in_words() -> None:
     res = CliRunner().invoke(app, ["info"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert "causalclip-vitb16.safetensors" in res.stdout
-    assert "threshold 0.8765" in res.stdout and "calibrated for 0.5% FPR on 255 real images" in res.stdout
+    thr = read_metadata(resolve_checkpoint(None))["decision"]["threshold"]
+    assert 0.5 < thr < 1.0 and f"threshold {thr:.4f}" in res.stdout
+    assert "calibrated for 0.5% FPR on 255 real images" in res.stdout
+    assert "2 augmented views per training image" in res.stdout
     assert "final embedding, block 4, block 6" in res.stdout and "Platt-scaled" in res.stdout
     assert "best epoch" in res.stdout and "{" not in res.stdout  # summarised, not a dict dump
