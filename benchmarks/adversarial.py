@@ -107,9 +107,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="PGD iterations")
     ap.add_argument("--eps", default="1,2,4,8", help="budgets of the sweep, 1/255 units (4 runs on every image)")
     ap.add_argument("--adaptive-eps", default="1,2", help="budgets (besides 4) of adaptive attacks on the sweep part")
+    ap.add_argument("--adaptive-images", type=int, default=None,
+                    help="adaptive attacks at eps 4 on this many (default all)")
+    ap.add_argument("--purifier", help="use this learned purifier instead of training one")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the finished attacks of results/adversarial.json when its image list is the same")
     ap.add_argument("--sweep-images", type=int, default=None,
                     help="the eps sweep, FGSM, transfer and low-budget adaptive attacks on this many (default all)")
     ap.add_argument("--purifier-iterations", type=int, default=300)
+    ap.add_argument("--purifier-batch", type=int, default=8, help="images per step of guided purifier training")
     ap.add_argument("--feature-weight", type=float, default=0.0,
                     help="representation-guided purifier loss (0: pixel L1 only; see PurifierTrainConfig)")
     ap.add_argument("--note", default="", help="a line about the machine's load, printed above the tables")
@@ -172,22 +178,39 @@ def main() -> None:
         with torch.inference_mode():
             return torch.sigmoid(det.head(feats)).numpy()
 
-    # ---- stage 2 first: the learned purifier is needed by every later stage
+    # ---- stage 1: the learned purifier is needed by every later stage (or reuse one: --purifier)
     ts = time.perf_counter()
-    train_files = training_sample(args.train_images)
-    train_px, _, _ = load_pixels(train_files, det_c, args.batch_size)
-    pcfg = PurifierTrainConfig(attack_steps=args.steps, iterations=args.purifier_iterations,
-                               feature_weight=args.feature_weight)
-    net, summary = train_purifier(det_c, train_px, pcfg, progress=log)
-    save_purifier(PURIFIER_OUT, net, {"training": {**summary, "images": "benchmarks/results/release-manifest.csv "
-                                                   f"train split, {len(train_files)} evenly spread"}})
-    results["purifier_training"] = summary
-    results["seconds"]["purifier_training"] = round(time.perf_counter() - ts, 1)
-    purifiers = {"none": None, **{b: parse_purifier(b) for b in BASELINES},
-                 "learned": parse_purifier(f"learned:{PURIFIER_OUT}")}
-    log(f"purifier trained in {results['seconds']['purifier_training']} s")
+    if args.purifier:
+        from causalclip_cli.purify import load_purifier
 
-    # ---- stage 1: clean cost of each purifier
+        purifier_path = args.purifier
+        results["purifier_training"] = load_purifier(purifier_path).metadata.get("training")
+    else:
+        purifier_path = PURIFIER_OUT
+        train_files = training_sample(args.train_images)
+        train_px, _, _ = load_pixels(train_files, det_c, args.batch_size)
+        pcfg = PurifierTrainConfig(attack_steps=args.steps, iterations=args.purifier_iterations,
+                                   feature_weight=args.feature_weight, guided_batch_size=args.purifier_batch)
+        net, summary = train_purifier(det_c, train_px, pcfg, progress=log)
+        save_purifier(PURIFIER_OUT, net, {"training": {**summary, "images": "benchmarks/results/release-manifest.csv "
+                                                       f"train split, {len(train_files)} evenly spread"}})
+        results["purifier_training"] = summary
+        results["seconds"]["purifier_training"] = round(time.perf_counter() - ts, 1)
+        log(f"purifier trained in {results['seconds']['purifier_training']} s")
+    purifiers = {"none": None, **{b: parse_purifier(b) for b in BASELINES},
+                 "learned": parse_purifier(f"learned:{purifier_path}")}
+    if args.resume and (RESULTS / "adversarial.json").exists():
+        import json
+
+        old = json.loads((RESULTS / "adversarial.json").read_text(encoding="utf-8"))
+        if old.get("images") == results["images"]:  # same sample: its finished attacks stand
+            results["attacks"] = old.get("attacks", {})
+            results["seconds"] = {**old.get("seconds", {}), **results["seconds"]}
+            results["purifier_training"] = old.get("purifier_training") or results["purifier_training"]
+            results["command"] = old["command"] + " ; resumed: " + results["command"]
+            log(f"resuming: {len(results['attacks'])} finished attacks kept")
+
+    # ---- stage 2: clean cost of each purifier
     ts = time.perf_counter()
     clean_probs: dict[str, dict[str, np.ndarray]] = {}
     for pname, pur in purifiers.items():
@@ -236,6 +259,8 @@ def main() -> None:
 
     def run_attack(key: str, det: Detector, crafted_on: str, idx: np.ndarray, method: str, eps: float,
                    through: str | None = None) -> None:
+        if key in results["attacks"] and results["attacks"][key].get("n_images") == len(idx):
+            return  # measured by the run this one resumes
         ts = time.perf_counter()
         steps = 1 if method == "fgsm" else args.steps
         cfg = AttackConfig(method, eps, steps, batch_size=args.batch_size)
@@ -251,11 +276,11 @@ def main() -> None:
     # held-out image, non-adaptive (under every purifier) and adaptive (through each); then the eps sweep,
     # FGSM, the linear-crafted transfer and adaptive attacks at the sweep's budgets on a class-balanced
     # part (`--sweep-images`), since each PGD step costs a backbone forward and backward per image.
-    main_idx, sweep_idx = subset(None), subset(args.sweep_images)
+    main_idx, sweep_idx, adaptive_idx = subset(None), subset(args.sweep_images), subset(args.adaptive_images)
     run_attack("pgd eps4 on causalclip", det_c, "causalclip", main_idx, "pgd", 4.0)
     for pname in purifiers:
         if pname != "none":
-            run_attack(f"adaptive pgd eps4 through {pname}", det_c, "causalclip", main_idx, "pgd", 4.0, pname)
+            run_attack(f"adaptive pgd eps4 through {pname}", det_c, "causalclip", adaptive_idx, "pgd", 4.0, pname)
     sweep = [float(e) for e in args.eps.split(",") if float(e) != 4.0]
     for eps in sweep:
         run_attack(f"pgd eps{eps:g} on causalclip", det_c, "causalclip", sweep_idx, "pgd", eps)

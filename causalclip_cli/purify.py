@@ -411,7 +411,8 @@ def train_purifier(detector: Detector, pixels: torch.Tensor, config: PurifierTra
         before = float(F.l1_loss(adv, pixels))
         after = float(F.l1_loss(net(adv), pixels))
         clean_err = float(F.l1_loss(net(pixels), pixels))
-    summary = {"n_images": n, "checkpoint": str(detector.path), "model": detector.model_id,
+    # The checkpoint's file name, not its path: the summary is stored in the purifier file.
+    summary = {"n_images": n, "checkpoint": detector.path.name, "model": detector.model_id,
                "config": asdict(cfg), "attack_flip_rate": flipped,
                "l1_adv_vs_clean": before, "l1_purified_adv_vs_clean": after, "l1_purified_clean_vs_clean": clean_err,
                "final_loss": float(np.mean(losses[-20:])), "seconds": round(time.perf_counter() - start, 2)}
