@@ -235,7 +235,8 @@ def scan(
                 raise UsageError("--html is not available with --engine ray",
                                  hint="write --output results.jsonl, then run `causalclip report results.jsonl`")
             raise typer.Exit(_scan_ray(inputs, output, fmt, checkpoint, threshold, band, device, batch_size,
-                                       fail_on, backbone_weights, recursive, address, actors, provenance))
+                                       fail_on, backbone_weights, recursive, address, actors, provenance,
+                                       precision))
         found = discover(inputs, recursive=recursive)
         from causalclip_cli.checkpoint import load_detector
 
@@ -361,7 +362,7 @@ def report(
 def _scan_ray(inputs: list[str], output: str | None, fmt: Fmt | None, checkpoint: str | None,
               threshold: float | None, band: tuple | None, device: str, batch_size: int | None, fail_on: str,
               backbone_weights: str | None, recursive: bool, address: str | None, actors: int | None,
-              provenance: bool = True) -> int:
+              provenance: bool = True, precision: str = "auto") -> int:
     """`scan --engine ray`: the distributed module does the work; the same summary and exit codes."""
     from causalclip_cli.distributed import RayOptions, scan_command
     from causalclip_cli.output import render_summary
@@ -369,7 +370,7 @@ def _scan_ray(inputs: list[str], output: str | None, fmt: Fmt | None, checkpoint
 
     dev = device  # checked against the cluster's GPUs, not this machine's
     opts = ScanOptions(batch_size=batch_size or default_batch_size("cpu" if dev in ("auto", "cpu") else dev),
-                       threshold=threshold, uncertain=band, provenance=provenance)
+                       threshold=threshold, uncertain=band, provenance=provenance, precision=precision)
     summary = scan_command(inputs, output, fmt.value if fmt else None,
                            checkpoint, opts, RayOptions(address=address, actors=actors), recursive=recursive,
                            device=dev, backbone_weights=backbone_weights)

@@ -327,7 +327,7 @@ class ScoreActor:
         path = Path(self._dir.name) / name  # same file name: the model id in records comes from it
         path.write_bytes(ray.get(checkpoint))  # the checkpoint file's bytes, from the object store
         self.detector = load_detector(str(path), device=device, backbone_weights=backbone_weights,
-                                      allow_download=False)
+                                      allow_download=False, precision=options.precision)
         self.decision = resolve_decision(self.detector.decision, options)
         self.die_once = die_once
 
@@ -443,17 +443,26 @@ def scan_ray(listing: Listing, checkpoint: str | None, options: ScanOptions, ray
 
     Discovery errors come first (like the local scan), then one record per file in listing order.
     """
+    import dataclasses
+
     from causalclip_cli.checkpoint import load_detector
     from causalclip_cli.output import ScanRecord
+    from causalclip_cli.precision import resolve_precision
     from causalclip_cli.scan import error_records, resolve_decision
 
     # The driver loads the detector once on CPU: it validates the checkpoint and the backbone before any
     # cluster work, and gives the preprocessing, threshold and model id of the records.
     detector = load_detector(checkpoint, device="cpu", backbone_weights=backbone_weights, allow_download=True)
     decision = resolve_decision(detector.decision, options)
-    for rec in error_records(listing.errors, decision.threshold, detector.model_id):
-        summary.add(rec)
-        write(rec)
+    want = "cpu" if device == "cpu" else device
+    if want != "auto":  # a wrong precision for the device fails here, before any cluster work
+        resolve_precision(options.precision, want)
+    if listing.errors and not listing.files:
+        model_id = dataclasses.replace(detector, precision=resolve_precision(options.precision, "cpu")).model_id
+        for rec in error_records(listing.errors, decision.threshold, model_id):
+            summary.add(rec)
+            write(rec)
+        return
     if not listing.files:
         return
     ray = init_ray(ray_options)
@@ -464,10 +473,14 @@ def scan_ray(listing: Listing, checkpoint: str | None, options: ScanOptions, ray
                     "backbone_weights": backbone_weights, "options": options, "threads": None,
                     "die_once": os.environ.get(DIE_ONCE_ENV)}
     preprocess = detector.preprocess
-    del detector
-    want = "cpu" if device == "cpu" else device
     ds, actors, dev = _pipeline(ray, listing, preprocess, ScoreActor, actor_kwargs, options.batch_size,
                                 ray_options, want, with_key=False, provenance=options.provenance)
+    # Error records name the model as the actors' records do: at the precision they run on `dev`.
+    model_id = dataclasses.replace(detector, precision=resolve_precision(options.precision, dev)).model_id
+    del detector
+    for rec in error_records(listing.errors, decision.threshold, model_id):
+        summary.add(rec)
+        write(rec)
     sys.stderr.write(f"ray: {len(listing.files)} files, {actors} detector actor(s) on {dev}\n")
     progress = _Progress(len(listing.files), "scanning", ray_options.progress_every)
     start = time.perf_counter()

@@ -37,6 +37,7 @@ class ScanOptions:
     # None → the checkpoint's band, unless a threshold was given (then none); () → none.
     uncertain: tuple[float, float] | tuple[()] | None = None
     provenance: bool = True  # read each file's metadata evidence while decoding it
+    precision: str = "auto"  # of the tower (precision.py); the Ray engine's actors load with it
 
 
 def resolve_decision(checkpoint: Decision, options: ScanOptions) -> Decision:

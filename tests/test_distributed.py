@@ -124,6 +124,25 @@ def test_a_dying_actor_loses_no_record_and_parquet_shards(images: Path, tiny_che
     _same_records(local, rows)  # exactly one record per file, in the same order
 
 
+def test_ray_scan_runs_at_the_requested_precision(images: Path, tiny_checkpoint: Path, local_run: tuple,
+                                                  tmp_path: Path) -> None:
+    """The actors load the tower at --precision (they used to ignore it); every record, error records
+    included, names it, and the probabilities are the local engine's at that precision."""
+    _, threshold = local_run
+    local, ray_out = tmp_path / "local-int8.jsonl", tmp_path / "ray-int8.jsonl"
+    args = [str(images), "--threshold", threshold, "--precision", "int8"]
+    code, output = _scan([*args, "--workers", "0", "-o", str(local)], tiny_checkpoint)
+    assert code in (0, 1), output
+    code, output = _scan([*args, "--engine", "ray", "-o", str(ray_out)], tiny_checkpoint)
+    assert code in (0, 1), output
+    want = _jsonl(local)
+    assert all(r["model"].endswith(":int8") for r in want)
+    _same_records(want, _jsonl(ray_out))
+    code, output = _scan([str(images), "--engine", "ray", "--device", "cpu", "--precision", "fp16"],
+                         tiny_checkpoint)
+    assert code == 2 and "needs a GPU" in output
+
+
 def test_ray_scan_reads_uris(images: Path, tiny_checkpoint: Path, local_run: tuple,
                                              tmp_path: Path) -> None:
     """A pyarrow URI (file:// here, s3:// on a cluster) is listed and fetched by pyarrow's filesystems."""
