@@ -334,7 +334,9 @@ def _n(n: int | None) -> str:
 def render_md(r: dict) -> str:
     heads = list(r["clean"])
     purs = list(next(iter(r["clean"].values()))) if r["clean"] else []
-    lines = [f"# Adversarial robustness ({len(r['images'])} held-out images; `{r['command']}`)", "",
+    runs = r["command"].split(" ; resumed: ")
+    lines = [f"# Adversarial robustness ({len(r['images'])} held-out images)", "",
+             *[f"- {'resumed by' if i else 'run'}: `{c}`" for i, c in enumerate(runs)], "",
              *([r["note"], ""] if r.get("note") else []),
              "## Summary: attack success rate / AP after, CausalCLIP head", "",
              *render_summary(r), "", "## Clean AP / accuracy per purifier", "",
