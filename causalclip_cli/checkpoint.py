@@ -122,20 +122,27 @@ def save_checkpoint(path: str | os.PathLike, head: Head, metadata: dict) -> Path
     return save_safetensors(path, head, METADATA_KEY, metadata)
 
 
-def read_metadata(path: str | os.PathLike) -> dict:
+def read_safetensors_document(path: str | os.PathLike, key: str, what: str, hint: str) -> dict:
+    """The JSON document `save_safetensors` stored under `key`; CheckpointError (naming `what`, e.g.
+    "checkpoint" or "purifier") for a missing or unreadable file or a file without that document."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as fh:
-            raw = (fh.metadata() or {}).get(METADATA_KEY)
+            raw = (fh.metadata() or {}).get(key)
     except FileNotFoundError as exc:
-        raise CheckpointError(f"checkpoint not found: {path}") from exc
+        raise CheckpointError(f"{what} not found: {path}", hint=hint) from exc
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for bad headers
-        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({exc})") from exc
+        raise CheckpointError(f"{path}: not a readable safetensors {what} ({exc})") from exc
     if raw is None:
-        raise CheckpointError(f"{path}: safetensors file without causalclip metadata",
-                              hint="checkpoints are written by `causalclip train`")
-    meta = json.loads(raw)
+        label = "causalclip" if what == "checkpoint" else f"causalclip {what}"
+        raise CheckpointError(f"{path}: safetensors file without {label} metadata", hint=hint)
+    return json.loads(raw)
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    meta = read_safetensors_document(path, METADATA_KEY, "checkpoint",
+                                     "checkpoints are written by `causalclip train`")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format {version}, this tool reads {FORMAT_VERSION}")

@@ -454,16 +454,18 @@ def scan_ray(listing: Listing, checkpoint: str | None, options: ScanOptions, ray
     # cluster work, and gives the preprocessing, threshold and model id of the records.
     detector = load_detector(checkpoint, device="cpu", backbone_weights=backbone_weights, allow_download=True)
     decision = resolve_decision(detector.decision, options)
-    want = "cpu" if device == "cpu" else device
-    if want != "auto":  # a wrong precision for the device fails here, before any cluster work
-        resolve_precision(options.precision, want)
-    if listing.errors and not listing.files:
-        model_id = dataclasses.replace(detector, precision=resolve_precision(options.precision, "cpu")).model_id
+    if device != "auto":  # a wrong precision for the device fails here, before any cluster work
+        resolve_precision(options.precision, device)
+
+    def write_errors(det: Any, dev: str) -> None:  # noqa: ANN401 - a Detector
+        # Named like the actors' records: the model at the precision it runs on `dev`.
+        model_id = dataclasses.replace(det, precision=resolve_precision(options.precision, dev)).model_id
         for rec in error_records(listing.errors, decision.threshold, model_id):
             summary.add(rec)
             write(rec)
-        return
+
     if not listing.files:
+        write_errors(detector, "cpu")
         return
     ray = init_ray(ray_options)
     # The head travels through the object store (a checkpoint path need not exist on other nodes); the
@@ -474,13 +476,9 @@ def scan_ray(listing: Listing, checkpoint: str | None, options: ScanOptions, ray
                     "die_once": os.environ.get(DIE_ONCE_ENV)}
     preprocess = detector.preprocess
     ds, actors, dev = _pipeline(ray, listing, preprocess, ScoreActor, actor_kwargs, options.batch_size,
-                                ray_options, want, with_key=False, provenance=options.provenance)
-    # Error records name the model as the actors' records do: at the precision they run on `dev`.
-    model_id = dataclasses.replace(detector, precision=resolve_precision(options.precision, dev)).model_id
-    del detector
-    for rec in error_records(listing.errors, decision.threshold, model_id):
-        summary.add(rec)
-        write(rec)
+                                ray_options, device, with_key=False, provenance=options.provenance)
+    write_errors(detector, dev)
+    del detector  # the driver needs no backbone while the actors score
     sys.stderr.write(f"ray: {len(listing.files)} files, {actors} detector actor(s) on {dev}\n")
     progress = _Progress(len(listing.files), "scanning", ray_options.progress_every)
     start = time.perf_counter()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
-import json
 import math
 import os
 from collections.abc import Callable
@@ -247,23 +246,17 @@ def save_purifier(path: str | os.PathLike, net: PurifierNet, metadata: dict) -> 
 
 
 def load_purifier(path: str | os.PathLike) -> LearnedPurifier:
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
+    from causalclip_cli.checkpoint import read_safetensors_document
+
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise CheckpointError(f"purifier not found: {path}",
-                              hint="write one with `causalclip train-purifier --output FILE.safetensors`")
+    hint = "write one with `causalclip train-purifier --output FILE.safetensors`"
+    meta = read_safetensors_document(p, PURIFIER_KEY, "purifier", hint)
     try:
-        with safe_open(str(p), framework="pt") as fh:
-            raw = (fh.metadata() or {}).get(PURIFIER_KEY)
         state = load_file(str(p))
-    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for bad headers
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
-    if raw is None:
-        raise CheckpointError(f"{path}: safetensors file without causalclip purifier metadata",
-                              hint="purifiers are written by `causalclip train-purifier`")
-    meta = json.loads(raw)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for bad files
+        raise CheckpointError(f"{path}: not a readable safetensors purifier ({exc})") from exc
     if meta.get("format_version") != PURIFIER_FORMAT or meta.get("kind") != "residual-cnn":
         raise CheckpointError(f"{path}: purifier format {meta.get('format_version')}/{meta.get('kind')}, "
                               f"this tool reads {PURIFIER_FORMAT}/residual-cnn")
