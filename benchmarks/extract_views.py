@@ -7,10 +7,12 @@ One forward pass per view returns the final projection and the class token of al
   native   no downscale; centre crop (256-px thumbnails) or centre + 4 corners (modern-2025, ≤ 768 px)
   tiny     content-only control: downscaled to 24 px and back before the resize recipe, which keeps the
            scene and loses every pixel-level trace (run on modern-2025 and faces-2025)
+  release  the resize recipe for every source (older, modern, faces, people-2026, photos-2026): what the
+           released heads train and calibrate on (issue 18: the feature cache of a fresh machine)
   old-aug2 the second augmented view (transforms.degrade(2)) of the 21 older sources under the resize
            recipe, so `--augment-views 2` needs no extraction there (the first views came from the GPU run)
 
-    python benchmarks/extract_views.py [--only modern faces old tiny old-aug2]
+    python benchmarks/extract_views.py [--only modern faces old tiny old-aug2 people release]
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ def main() -> None:
             plan += [(g, "native", 1, None) for g in groups["old"]]
         elif what == "tiny":
             plan += [(g, "tiny", 1, None) for g in groups["modern"] + groups["faces"]]
+        elif what == "people":
+            plan += [(g, "resize", 1, None) for g in groups["people"]]
+        elif what == "release":
+            plan += [(g, "resize", 1, None) for key in ("people", "modern", "faces", "old") for g in groups[key]]
         elif what == "old-aug2":
             plan += [(g, "resize", 1, "degrade2") for g in groups["old"]]
     for (name, _family, samples), variant, views, transform in plan:

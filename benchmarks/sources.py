@@ -17,6 +17,8 @@ GAN_FAMILY = "gan"
 DIFFUSION_FAMILY = "diffusion"
 MODERN_FAMILY = "modern"
 FACES_FAMILY = "faces"
+PEOPLE_FAMILY = "people"  # people-2026: real portraits/news faces and generated people (issue 18)
+PHOTOS_FAMILY = "photos"  # photos-2026: real camera, indoor and phone photos, reals only
 # Images per class per source. ViT-B/16 embeds ~2.5 images/s on this 2-core CPU, so the larger sources
 # are subsampled (seeded, per class) to keep a full extraction near 20 minutes: 3,272 of ~8,000 images.
 CAP_PER_CLASS = {"cifake/train": 250, "cifake/test": 125}
@@ -116,10 +118,36 @@ def modern_samples(data: Path = DATA) -> list[tuple[str, str, list]]:
     return out
 
 
+def people_samples(data: Path = DATA) -> list[tuple[str, str, list]]:
+    """people-2026 (three real portrait kinds, three generators of people) and photos-2026 (three real
+    kinds), uncapped, one source per folder."""
+    from causalclip_cli.datasets import discover_dataset
+
+    out = []
+    for folder, family, prefix in (("people-2026", PEOPLE_FAMILY, "people"), ("photos-2026", PHOTOS_FAMILY, "photos")):
+        ds = discover_dataset(data / folder)
+        for g in ds.generators():
+            out.append((f"{prefix}/{g}", family, [s for s in ds.samples if s.generator == g]))
+    return out
+
+
+_PEOPLE_PROMPT_MARKERS = ("_dall_e3_", "_sdXL_", "_SC_")
+
+
+def people_prompt(path: str) -> str | None:
+    """The prompt a people-2026 generated image was rendered from (its file name ends in
+    `<model marker>_<prompt>_<nn>.jpg`), shared across the three generators; None for other files."""
+    stem = Path(path).stem
+    for marker in _PEOPLE_PROMPT_MARKERS:
+        if marker in stem:
+            return stem.rsplit(marker, 1)[1].rsplit("_", 1)[0]
+    return None
+
+
 def all_groups(data: Path = DATA) -> dict[str, list[tuple[str, str, list]]]:
     mod = modern_samples(data)
     return {"old": _samples(data), "modern": [m for m in mod if m[1] == MODERN_FAMILY],
-            "faces": [m for m in mod if m[1] == FACES_FAMILY]}
+            "faces": [m for m in mod if m[1] == FACES_FAMILY], "people": people_samples(data)}
 
 
 _BACKBONE = None
