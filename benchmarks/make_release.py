@@ -22,12 +22,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sources import DATA, _samples, modern_samples  # noqa: E402
+from sources import DATA, _samples, modern_samples, people_prompt, people_samples  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "benchmarks" / "results" / "release-manifest.csv"
 VAL_FRACTION = 0.15
 MODERN_SPLIT = (0.55, 0.15, 0.30)  # train, val, test of modern-2025 and faces-2025
+# people-2026 and photos-2026 (issue 18): half to train, a fifth to calibrate on, the rest held out. The
+# generated people are split by prompt (ten prompts shared by the three generators): 5 / 2 / 3.
+PEOPLE_SPLIT = (0.50, 0.20, 0.30)
+PEOPLE_PROMPT_SPLIT = {"athlete": "train", "hug": "train", "jogging": "train", "mother_or_father": "train",
+                       "pizza": "train", "sauna": "val", "volleyball": "val", "physician": "test",
+                       "sunbathing": "test", "wrestling": "test"}
 TARGET_FPR = 0.005
 BAND_FPR = "0.05:0.005"  # abstain from the 5%-FPR point up to the threshold (0.5%) on held-out reals
 # Optimisation as chosen by protocol C (benchmarks/quality.py); features by protocols D/E
@@ -45,11 +51,57 @@ HEADS = [  # (head kind, released name, feature options)
 ]
 
 
-def _modern_split(key: str) -> str:
+def _hash_split(key: str, salt: str, split: tuple[float, float, float]) -> str:
     import hashlib
 
-    u = int.from_bytes(hashlib.sha256(f"release2:{key}".encode()).digest()[:8], "big") / 2**64
-    return "train" if u < MODERN_SPLIT[0] else "val" if u < MODERN_SPLIT[0] + MODERN_SPLIT[1] else "test"
+    u = int.from_bytes(hashlib.sha256(f"{salt}:{key}".encode()).digest()[:8], "big") / 2**64
+    return "train" if u < split[0] else "val" if u < split[0] + split[1] else "test"
+
+
+def _modern_split(key: str) -> str:
+    return _hash_split(key, "release2", MODERN_SPLIT)
+
+
+def real_domain(source: str, rel: str) -> str:
+    """The kind of real photograph a real image of `source` is: the unit of balancing in training and of the
+    per-domain false-positive rates in calibration (issue 18)."""
+    if source.startswith("forensynths/"):
+        return "forensynths-reals"  # 10 small sets (ImageNet, LSUN, CelebA, ...), 20 images each
+    if source.startswith("multigen/"):
+        return "imagenet"
+    if source == "web-sd":
+        return "coco-imagenet"
+    if source.startswith("cifake"):
+        return "cifar10"
+    if source.startswith("modern/"):
+        return "camera-2025"
+    if source == "faces/stylegan3":
+        return "ffhq" if _ffhq_kind(rel) == "ffhq" else "deepface-portraits"
+    return source.split("/", 1)[1]  # people/lfw → lfw, photos/indoor-noisy → indoor-noisy
+
+
+def _domain(source: str, label: int, rel: str) -> str:
+    return real_domain(source, rel) if label == 0 else source.replace("/", "_")
+
+
+def _person(rel: str) -> str:
+    """Studio portraits repeat people (neutral_front_NNN and smiling_front_NNN): split by person."""
+    import re
+
+    m = re.search(r"_(?:neutral|smiling)_front_(\d+)", rel)
+    return f"studio-person-{m.group(1)}" if m else rel
+
+
+def people_rows() -> list[list]:
+    rows = []
+    for name, _family, samples in people_samples(DATA):
+        for s in samples:
+            rel = Path(s.path).relative_to(DATA).as_posix()
+            prompt = people_prompt(s.path) if s.label == 1 else None
+            split = PEOPLE_PROMPT_SPLIT[prompt] if prompt else _hash_split(_person(rel), "release3", PEOPLE_SPLIT)
+            rows.append([f"../../../shared/data/{rel}", s.label, name.replace("/", "_"), split,
+                         _domain(name, s.label, rel)])
+    return rows
 
 
 def modern_rows() -> list[list]:
@@ -65,7 +117,8 @@ def modern_rows() -> list[list]:
                 split = "train"  # deepface portraits: ~15 people with repeats, no identity labels to split by
             else:
                 split = _modern_split(groups.get(rel, rel))
-            rows.append([f"../../../shared/data/{rel}", s.label, name.replace("/", "_"), split])
+            rows.append([f"../../../shared/data/{rel}", s.label, name.replace("/", "_"), split,
+                         _domain(name, s.label, rel)])
     return rows
 
 
@@ -90,12 +143,13 @@ def write_manifest() -> None:
             for i, s in enumerate(group):
                 rel = Path(s.path).relative_to(DATA)
                 rows.append([f"../../../shared/data/{rel.as_posix()}", label, name.replace("/", "_"),
-                             "val" if i in val else "train"])
+                             "val" if i in val else "train", _domain(name, label, rel.as_posix())])
     rows += modern_rows()
+    rows += people_rows()
     MANIFEST.parent.mkdir(parents=True, exist_ok=True)
     with MANIFEST.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["path", "label", "generator", "split"])
+        w.writerow(["path", "label", "generator", "split", "domain"])
         w.writerows(rows)
     print(f"{MANIFEST}: {len(rows)} images", file=sys.stderr)
 

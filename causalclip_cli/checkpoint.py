@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import torch
 
     from causalclip_cli.backbones import Backbone
+    from causalclip_cli.familiarity import Familiarity
     from causalclip_cli.heads import Head
     from causalclip_cli.preprocess import Preprocess
     from causalclip_cli.taps import FeatureSpec
@@ -42,6 +43,9 @@ class Decision:
     threshold: float = 0.5
     uncertain: tuple[float, float] | None = None  # abstain band [low, high)
     calibration: dict = field(default_factory=dict)  # how the threshold was chosen
+    # A would-be `fake` whose familiarity p-value (familiarity.py) is below this is `uncertain` instead:
+    # the head has seen nothing like the image. None: no such check.
+    unfamiliar_below: float | None = None
 
     def label(self, prob: float, threshold: float | None = None,
               uncertain: tuple[float, float] | None = None) -> str:
@@ -51,14 +55,28 @@ class Decision:
             return "uncertain"
         return "fake" if prob >= t else "real"
 
+    def verdict(self, prob: float, familiarity: float | None = None) -> tuple[str, str | None]:
+        """(label, why it is `uncertain`: "band" for a score in the abstain band, "unfamiliar" for a `fake`
+        score on an image unlike the head's training data; None for `real`/`fake`). Only `fake` is ever
+        withheld for unfamiliarity: calling an unfamiliar real photograph `fake` is the costly error."""
+        label = self.label(prob)
+        if label == "uncertain":
+            return label, "band"
+        if (label == "fake" and familiarity is not None and self.unfamiliar_below is not None
+                and familiarity < self.unfamiliar_below):
+            return "uncertain", "unfamiliar"
+        return label, None
+
     def to_dict(self) -> dict:
         return {"threshold": self.threshold, "uncertain": list(self.uncertain) if self.uncertain else None,
-                "calibration": self.calibration}
+                "calibration": self.calibration, "unfamiliar_below": self.unfamiliar_below}
 
     @classmethod
     def from_dict(cls, d: dict) -> Decision:
         band = d.get("uncertain")
-        return cls(float(d.get("threshold", 0.5)), tuple(band) if band else None, d.get("calibration", {}))
+        below = d.get("unfamiliar_below")
+        return cls(float(d.get("threshold", 0.5)), tuple(band) if band else None, d.get("calibration", {}),
+                   None if below is None else float(below))
 
 
 def build_metadata(head: Head, backbone_info: dict, decision: Decision | None = None,
@@ -97,13 +115,15 @@ def _shareable(path: str) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
-def save_safetensors(path: str | os.PathLike, module: torch.nn.Module, key: str, document: dict) -> Path:
-    """A module's tensors + one JSON document under `key`, written to a temp file, fsynced, then renamed:
-    a killed run leaves no half file. Shared by heads and purifiers."""
+def save_safetensors(path: str | os.PathLike, module: torch.nn.Module, key: str, document: dict,
+                     extra: dict[str, torch.Tensor] | None = None) -> Path:
+    """A module's tensors (+ `extra` tensors under their own names) + one JSON document under `key`, written
+    to a temp file, fsynced, then renamed: a killed run leaves no half file. Shared by heads and purifiers."""
     from safetensors.torch import save_file
 
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    tensors.update(extra or {})
     tmp = _atomic_target(path)
     try:
         save_file(tensors, tmp, metadata={key: json.dumps(document, sort_keys=True)})
@@ -117,9 +137,14 @@ def save_safetensors(path: str | os.PathLike, module: torch.nn.Module, key: str,
     return path
 
 
-def save_checkpoint(path: str | os.PathLike, head: Head, metadata: dict) -> Path:
-    """Write a head and its metadata atomically (save_safetensors)."""
-    return save_safetensors(path, head, METADATA_KEY, metadata)
+def save_checkpoint(path: str | os.PathLike, head: Head, metadata: dict,
+                    familiarity: Familiarity | None = None) -> Path:
+    """Write a head, its metadata and its familiarity reference (if any) atomically (save_safetensors)."""
+    extra = None
+    if familiarity is not None:
+        metadata = {**metadata, "familiarity": familiarity.describe()}
+        extra = familiarity.tensors()
+    return save_safetensors(path, head, METADATA_KEY, metadata, extra)
 
 
 def read_safetensors_document(path: str | os.PathLike, key: str, what: str, hint: str) -> dict:
@@ -161,12 +186,25 @@ def load_head(path: str | os.PathLike, device: str = "cpu") -> tuple[Head, dict]
         head = make_head(h["kind"], int(h["embed_dim"]), h.get("config", {}))
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
-    state = load_file(str(path))
+    from causalclip_cli.familiarity import PREFIX
+
+    state = {k: v for k, v in load_file(str(path)).items() if not k.startswith(PREFIX)}
     try:
         head.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: tensors do not match the recorded head ({exc})") from exc
     return head.eval().to(device), meta
+
+
+def load_familiarity(path: str | os.PathLike, meta: dict) -> Familiarity | None:
+    """The checkpoint's familiarity reference, or None when it has none."""
+    from safetensors import safe_open
+
+    from causalclip_cli.familiarity import PREFIX, Familiarity
+
+    with safe_open(str(path), framework="pt") as fh:
+        tensors = {k: fh.get_tensor(k) for k in fh.keys() if k.startswith(PREFIX)}
+    return Familiarity.from_tensors(tensors, meta.get("familiarity") or {})
 
 
 def available_checkpoints() -> list[str]:
@@ -198,6 +236,7 @@ class Detector:
     path: Path
     device: str
     precision: str = "fp32"  # of the tower: fp32, int8 (CPU), fp16 or bf16 (autocast); see precision.py
+    familiarity: Familiarity | None = None  # distance to the head's training features (familiarity.py)
 
     @property
     def preprocess(self) -> Preprocess:
@@ -273,11 +312,20 @@ class Detector:
 
     def probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixel rows, `preprocess.views` consecutive rows per image → one probability per image."""
+        return self.assess(pixels)[0]
+
+    def assess(self, pixels: torch.Tensor) -> tuple[torch.Tensor, np.ndarray | None]:
+        """Pixel rows → (one probability per image, one familiarity p-value per image or None when the
+        checkpoint carries no familiarity reference)."""
         feats = self.embed(pixels)
         views = self.preprocess.views
         if views > 1:
             feats = feats.reshape(-1, views, feats.shape[-1])
-        return self.scores(feats)
+        return self.scores(feats), self.familiar(feats)
+
+    def familiar(self, features: torch.Tensor | np.ndarray) -> np.ndarray | None:
+        """Familiarity p-values of feature rows (None without a reference)."""
+        return None if self.familiarity is None else self.familiarity.p_values(features)
 
 
 def check_compatible(meta: dict, info: dict, source: str) -> None:
@@ -329,4 +377,5 @@ def load_detector(checkpoint: str | None = None, *, device: str = "cpu", backbon
         if max(layers) > shape.depth or sum(shape.dims(layers)) != int(meta["head"]["embed_dim"]):
             raise CheckpointError(f"{path}: head reads layers {layers} ({meta['head']['embed_dim']} features), "
                                   f"which backbone {info.config} ({shape.depth} blocks) cannot provide")
-    return Detector(backbone=backbone, head=head, metadata=meta, path=path, device=device, precision=precision)
+    return Detector(backbone=backbone, head=head, metadata=meta, path=path, device=device, precision=precision,
+                    familiarity=load_familiarity(path, meta))

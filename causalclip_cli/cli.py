@@ -209,6 +209,10 @@ def scan(
     crops: Annotated[int | None, typer.Option(
         help="Crops scored per image: 1, 5 or 9 (default: the checkpoint's). More crops of a full-resolution "
              "(--recipe native) head look at more of a large image, at N forward passes per image.")] = None,
+    abstain_unfamiliar: Annotated[bool, typer.Option(
+        "--abstain-unfamiliar/--no-abstain-unfamiliar",
+        help="Label 'uncertain' (reason: unfamiliar) rather than 'fake' an image unlike anything the head was "
+             "trained on (checkpoints with a familiarity reference).")] = True,
 ) -> None:
     """Score images: a fake probability and a label per file, a summary on stderr.
 
@@ -236,7 +240,7 @@ def scan(
                                  hint="write --output results.jsonl, then run `causalclip report results.jsonl`")
             raise typer.Exit(_scan_ray(inputs, output, fmt, checkpoint, threshold, band, device, batch_size,
                                        fail_on, backbone_weights, recursive, address, actors, provenance,
-                                       precision))
+                                       precision, abstain_unfamiliar))
         found = discover(inputs, recursive=recursive)
         from causalclip_cli.checkpoint import load_detector
 
@@ -267,7 +271,7 @@ def scan(
 
     workers = default_workers(dev) if workers is None else workers
     opts = ScanOptions(batch_size=batch_size or default_batch_size(dev), workers=workers, threshold=threshold,
-                       uncertain=band, provenance=provenance)
+                       uncertain=band, provenance=provenance, abstain_unfamiliar=abstain_unfamiliar)
     kept: list[dict] | None = [] if html is not None else None
     summary = ScanSummary()
     err = _stderr()
@@ -362,7 +366,7 @@ def report(
 def _scan_ray(inputs: list[str], output: str | None, fmt: Fmt | None, checkpoint: str | None,
               threshold: float | None, band: tuple | None, device: str, batch_size: int | None, fail_on: str,
               backbone_weights: str | None, recursive: bool, address: str | None, actors: int | None,
-              provenance: bool = True, precision: str = "auto") -> int:
+              provenance: bool = True, precision: str = "auto", abstain_unfamiliar: bool = True) -> int:
     """`scan --engine ray`: the distributed module does the work; the same summary and exit codes."""
     from causalclip_cli.distributed import RayOptions, scan_command
     from causalclip_cli.output import render_summary
@@ -370,7 +374,8 @@ def _scan_ray(inputs: list[str], output: str | None, fmt: Fmt | None, checkpoint
 
     dev = device  # checked against the cluster's GPUs, not this machine's
     opts = ScanOptions(batch_size=batch_size or default_batch_size("cpu" if dev in ("auto", "cpu") else dev),
-                       threshold=threshold, uncertain=band, provenance=provenance, precision=precision)
+                       threshold=threshold, uncertain=band, provenance=provenance, precision=precision,
+                       abstain_unfamiliar=abstain_unfamiliar)
     summary = scan_command(inputs, output, fmt.value if fmt else None,
                            checkpoint, opts, RayOptions(address=address, actors=actors), recursive=recursive,
                            device=dev, backbone_weights=backbone_weights)
@@ -433,6 +438,14 @@ def train(
                            "is drawn per epoch.")] = 0,
     features: Annotated[str | None, typer.Option(help="Train on Parquet features from `causalclip embed` "
                                                       "(a folder or URI) instead of --data.")] = None,
+    balance: Annotated[str, typer.Option(
+        help="Weigh kinds of images (a manifest's domain column, else the generator) within each class: none, "
+             "domain (each kind the same total weight) or sqrt (weight grows with the square root of its size).")
+                       ] = "none",
+    hard_reals: Annotated[float, typer.Option(
+        min=0.0, max=0.99, help="Share of training reals that a first fit scores highest, up-weighted in a second "
+                                "fit (hard real negatives; 0: off).")] = 0.0,
+    hard_weight: Annotated[float, typer.Option(min=1.0, help="Weight multiplier of those hard reals.")] = 3.0,
 ) -> None:
     """Train a CausalCLIP (or linear-probe) head on a dataset; writes a safetensors checkpoint."""
     from causalclip_cli.experiment import TrainRequest, run_train
@@ -448,6 +461,7 @@ def train(
         jpeg_align=jpeg_align, augment=augment, device=device, workers=workers,
         extract_batch_size=extract_batch_size, cache_dir=cache_dir, resume=resume, features=features,
         recipe=recipe, crops=crops, layers=layers, combine=combine, aggregate=aggregate, augment_views=augment_views,
+        balance=balance, hard_reals=hard_reals, hard_weight=hard_weight,
     )
     try:
         result = run_train(req)
@@ -588,6 +602,18 @@ def calibrate(
         help="platt: map the head's scores to calibrated probabilities (fitted on the split's real and generated "
              "images) before choosing thresholds; none: keep the raw sigmoid; auto: platt when the split has 20 or "
              "more generated images.")] = "auto",
+    per_domain: Annotated[bool, typer.Option(
+        "--per-domain/--pooled",
+        help="Choose the threshold (and band) so that every real domain (a manifest's domain column, else the "
+             "generator) stays at or below the target rate, not just the pooled reals.")] = False,
+    min_domain_reals: Annotated[int, typer.Option(
+        min=1, help="--per-domain: domains with fewer real images than this do not set the threshold.")] = 15,
+    familiarity: Annotated[str | None, typer.Option(
+        help="Fit a familiarity reference on this split's features (e.g. train) and calibrate it on the "
+             "calibration split: a 'fake' unlike all of them is labelled 'uncertain' (reason: unfamiliar).")
+                           ] = None,
+    unfamiliar_alpha: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Familiarity p-value below which a 'fake' becomes 'uncertain'.")] = 0.01,
 ) -> None:
     """Calibrate probabilities (Platt scaling) and choose the threshold on held-out real images for a target
     false-positive rate."""
@@ -597,7 +623,9 @@ def calibrate(
         band = _parse_band(":".join(sorted((band_fpr or "").split(":")))) if band_fpr else None
         req = CalibrateRequest(data=data, output=output, checkpoint=checkpoint, target_fpr=target_fpr,
                                band_fpr=band, split=split, layout=layout, device=device, workers=workers,
-                               cache_dir=cache_dir, scaling=scaling)
+                               cache_dir=cache_dir, scaling=scaling, per_domain=per_domain,
+                               min_domain_reals=min_domain_reals, familiarity_split=familiarity,
+                               unfamiliar_alpha=unfamiliar_alpha)
         result = run_calibrate(req)
     except CausalClipError as exc:
         raise _fail(exc) from None

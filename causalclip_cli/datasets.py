@@ -41,7 +41,7 @@ _FORENSYNTHS_CLASSES = {"0_real": 0, "1_fake": 1}
 _GENIMAGE_CLASSES = {"nature": 0, "ai": 1}
 _REALFAKE_CLASSES = {"real": 0, "fake": 1}
 _MANIFEST_LABELS = {"0": 0, "1": 1, "real": 0, "fake": 1, "nature": 0, "ai": 1}
-_MANIFEST_COLUMNS = ("path", "label", "generator", "split")
+_MANIFEST_COLUMNS = ("path", "label", "generator", "split", "domain")
 # Folders that archive tools and OSes leave behind; never data.
 _SKIP_DIRS = frozenset({"__macosx", "__pycache__", "@eadir"})
 _FORMAT_NAMES = {
@@ -68,6 +68,13 @@ class Sample:
     label: int  # 0 real, 1 fake
     generator: str  # e.g. "biggan", "stable_diffusion_v_1_4", "cifake"
     split: str  # "train" | "val" | "test"
+    # The kind of image (e.g. "studio-portraits", "camera-2025"): the unit of balanced training and of
+    # per-domain calibration. A manifest's `domain` column sets it; otherwise it is the generator.
+    domain: str = ""
+
+    @property
+    def kind(self) -> str:
+        return self.domain or self.generator
 
 
 @dataclass(frozen=True)
@@ -262,7 +269,7 @@ def write_manifest(
             writer.writerow(_MANIFEST_COLUMNS)
             for s in rows:
                 p = os.path.relpath(s.path, folder) if relative else s.path
-                writer.writerow([p, s.label, s.generator, s.split])
+                writer.writerow([p, s.label, s.generator, s.split, s.domain])
             fh.flush()
             os.fsync(fh.fileno())
         # mkstemp creates the file private (0600); a manifest is an ordinary shareable file.
@@ -487,7 +494,8 @@ def _read_manifest(
                 if not os.path.isfile(path):
                     missing.append(cells["path"])
                     continue
-                sample = Sample(path, label, cells.get("generator") or default_generator, split)
+                sample = Sample(path, label, cells.get("generator") or default_generator, split,
+                                cells.get("domain") or "")
                 previous = by_path.get(path)
                 if previous is not None:
                     if previous.label != label:

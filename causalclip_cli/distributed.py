@@ -307,7 +307,8 @@ def _record_schema():  # noqa: ANN202 - a pyarrow schema
     import pyarrow as pa
 
     return pa.schema([("index", pa.int64()), ("skipped", pa.bool_()), ("path", pa.string()),
-                      ("probability", pa.float64()), ("label", pa.string()), ("threshold", pa.float64()),
+                      ("probability", pa.float64()), ("label", pa.string()), ("reason", pa.string()),
+                      ("familiarity", pa.float64()), ("threshold", pa.float64()),
                       ("model", pa.string()), ("width", pa.int64()), ("height", pa.int64()),
                       ("error", pa.string()), ("provenance", pa.string())])
 
@@ -340,12 +341,14 @@ class ScoreActor:
         _maybe_die_once(self.die_once)
         good = np.flatnonzero(batch["ok"]).tolist()
         probs: list[float] = []
+        familiar = None
         if good:
             px = np.ascontiguousarray(batch["pixels"][good])
             pixels = torch.from_numpy(px.reshape(-1, *px.shape[-3:]))  # views of a file stay consecutive
-            probs = self.detector.probabilities(pixels).tolist()
+            p, f = self.detector.assess(pixels)
+            probs, familiar = p.tolist(), (None if f is None else f.tolist())
         items = _items(batch)
-        records = batch_records(items, good, probs, self.decision, self.detector.model_id)
+        records = batch_records(items, good, probs, self.decision, self.detector.model_id, familiar)
         rows = []
         for i, item, rec in zip(batch["index"], items, records, strict=True):
             base = {"index": int(i), "skipped": rec is None}

@@ -26,6 +26,7 @@ class FeatureSet:
     groups: list[str]
     paths: list[str]
     failed: list[tuple[str, str]] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)  # Sample.kind of each row: its domain, else its generator
 
 
 def dataset_features(samples: list, embed, preprocess, backbone_id: str, *, cache_dir: Path | None,  # noqa: ANN001
@@ -55,7 +56,7 @@ def dataset_features(samples: list, embed, preprocess, backbone_id: str, *, cach
         con.print(f"warning: {len(ext.failed) - 5} more unreadable files skipped")
     kept = [samples[i] for i in ext.ok]
     return FeatureSet(ext.features, np.array([s.label for s in kept], dtype=np.int64),
-                      [s.generator for s in kept], [s.path for s in kept], ext.failed)
+                      [s.generator for s in kept], [s.path for s in kept], ext.failed, [s.kind for s in kept])
 
 
 def _discover(data: Path, layout: str, subsets: list[str] | None):  # noqa: ANN202
@@ -106,6 +107,44 @@ class TrainRequest:
     combine: str = "concat"  # concat | weighted (learned per-layer weights)
     aggregate: str = "mean"  # how an image's crop scores combine: mean | max (of logits)
     augment_views: int = 0  # cached augmented views per training image, one drawn per epoch
+    balance: str = "none"  # domains.BALANCE: how kinds of images are weighted within each class
+    hard_reals: float = 0.0  # share of training reals scored highest by a first fit, up-weighted in a second
+    hard_weight: float = 3.0  # their weight multiplier
+
+
+def _train_weights(req: TrainRequest, y: np.ndarray, kinds: list[str], n_images: int) -> np.ndarray | None:
+    """Sampling weights of the training rows (images, then any augmented copies, which weigh like images)."""
+    from causalclip_cli.domains import balance_weights
+
+    try:
+        w = balance_weights(y[:n_images], kinds, req.balance)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not 0.0 <= req.hard_reals < 1.0:
+        raise UsageError(f"--hard-reals must be in [0, 1), not {req.hard_reals}")
+    if w is not None and len(y) > n_images:
+        w = np.concatenate([w, np.ones(len(y) - n_images)])
+    return w
+
+
+def _hard_reals(head, x: np.ndarray, y: np.ndarray, share: float) -> np.ndarray:  # noqa: ANN001
+    """Row indices of the training reals a first fit scores highest: the photographs that look generated."""
+    import torch
+
+    x = x if x.ndim == 2 else x[:, 0]  # the clean view
+    with torch.inference_mode():
+        logits = head(torch.as_tensor(x, dtype=torch.float32)).numpy()
+    reals = np.flatnonzero(y == 0)
+    n = max(1, int(round(share * len(reals))))
+    return reals[np.argsort(-logits[reals], kind="stable")[:n]]
+
+
+def _kind_counts(fs: FeatureSet) -> dict[str, list[int]]:
+    """{kind: [reals, fakes]} of a feature set."""
+    out: dict[str, list[int]] = {}
+    for k, label in zip(fs.kinds, fs.y.tolist(), strict=True):
+        out.setdefault(k, [0, 0])[int(label)] += 1
+    return dict(sorted(out.items()))
 
 
 def _splits(ds, val_fraction: float, seed: int) -> tuple[list, list]:  # noqa: ANN001
@@ -211,9 +250,20 @@ def run_train(req: TrainRequest) -> dict:
                       patience=req.patience, seed=req.seed, device=device)
     hc = req.head_config if req.head == "causalclip" else {}
     hc = {**hc, "segments": shape.dims(spec.layers) if not spec.final_only else [], "combine": req.combine}
+    weights = _train_weights(req, y_tr, tr.kinds, len(tr.y))
     result = train_head(req.head, hc, x_tr, y_tr, va.x, va.y, cfg,
-                        resume_from=req.output, resume=req.resume, on_epoch=on_epoch)
+                        resume_from=req.output, resume=req.resume, on_epoch=on_epoch, weights=weights)
     import torch
+
+    hard = None
+    if req.hard_reals:
+        hard = _hard_reals(result.head, tr.x, tr.y, req.hard_reals)
+        con.print(f"second fit: {len(hard)} hardest training reals weighted x{req.hard_weight:g}")
+        weights = np.ones(len(y_tr)) if weights is None else weights.copy()
+        weights[hard] *= req.hard_weight
+        clear_resume(req.output)
+        result = train_head(req.head, hc, x_tr, y_tr, va.x, va.y, cfg,
+                            resume_from=req.output, resume=False, on_epoch=on_epoch, weights=weights)
 
     with torch.inference_mode():
         probs = torch.sigmoid(result.head(torch.as_tensor(va.x))).numpy()
@@ -223,7 +273,8 @@ def run_train(req: TrainRequest) -> dict:
                     "n_train": int(len(tr.y)), "n_val": int(len(va.y)),
                     "n_train_fake": int(tr.y.sum()), "n_val_fake": int(va.y.sum()),
                     "augmented_copies": int(len(y_tr) - len(tr.y)), "jpeg_align": req.jpeg_align,
-                    "augmented_views": req.augment_views,
+                    "augmented_views": req.augment_views, "balance": req.balance,
+                    "kinds": _kind_counts(tr), "hard_reals": 0 if hard is None else int(len(hard)),
                     "best_epoch": result.best_epoch, "epochs_run": len(result.history),
                     "stopped_early": result.stopped_early, "seconds": round(result.seconds, 2)},
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in req.__dict__.items()},
@@ -452,6 +503,41 @@ class CalibrateRequest:
     cache_dir: Path | None = None
     scaling: str = "auto"  # platt: fit sigmoid(a·logit + b) on the split's reals and fakes; none; auto: platt
     # when the split has at least 20 generated images, else none
+    per_domain: bool = False  # threshold (and band) by the worst real domain, not the pooled reals
+    min_domain_reals: int = 15  # domains with fewer calibration reals do not set the threshold
+    familiarity_split: str | None = None  # fit a familiarity reference on this split's features (e.g. train)
+    unfamiliar_alpha: float = 0.01  # a `fake` with a familiarity p-value below this becomes `uncertain`
+
+
+def _fit_familiarity(det, ds, req: CalibrateRequest, held_out: list):  # noqa: ANN001, ANN202
+    """A familiarity reference from `req.familiarity_split`'s features, calibrated on the held-out samples."""
+    from causalclip_cli.familiarity import Familiarity
+
+    if not 0.0 < req.unfamiliar_alpha < 1.0:
+        raise UsageError(f"--unfamiliar-alpha must be in (0, 1), not {req.unfamiliar_alpha}")
+    train = ds.split(req.familiarity_split)
+    if not train:
+        raise DataError(f"no images in split {req.familiarity_split!r} to build the familiarity reference from")
+    overlap = {s.path for s in train} & {s.path for s in held_out}
+    if overlap:
+        raise UsageError("the familiarity reference and its calibration must use different splits")
+    tr = _detector_features(det, train, req)
+    ho = _detector_features(det, held_out, req)
+    try:
+        return Familiarity.fit(tr.x if tr.x.ndim == 2 else tr.x.mean(1)).calibrate(ho.x)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+
+
+def _domain_table(decision, probs: np.ndarray, kinds: list[str], p_familiar: np.ndarray | None) -> dict:  # noqa: ANN001
+    """Per real domain of the calibration split: images, share labelled fake / uncertain at `decision`."""
+    labels = np.array([decision.verdict(float(p), None if p_familiar is None else float(q))[0]
+                       for p, q in zip(probs, p_familiar if p_familiar is not None else [None] * len(probs),
+                                       strict=True)])
+    kinds_arr = np.asarray(kinds, dtype=object)
+    return {k: {"n": int((kinds_arr == k).sum()), "fake": float(np.mean(labels[kinds_arr == k] == "fake")),
+                "uncertain": float(np.mean(labels[kinds_arr == k] == "uncertain"))}
+            for k in sorted(set(kinds))}
 
 
 def fit_platt(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -495,20 +581,45 @@ def run_calibrate(req: CalibrateRequest) -> dict:
         det.metadata["scaling"] = meta["scaling"]
     fs = _detector_features(det, reals, req)
     probs = _probs(det, fs.x)
-    thr = float(threshold_at_fpr(probs, req.target_fpr))
+    kinds = fs.kinds
+    if req.per_domain:
+        from causalclip_cli.domains import worst_domain_threshold
+
+        thr, set_by, used = worst_domain_threshold(probs, kinds, req.target_fpr, req.min_domain_reals)
+    else:
+        thr, set_by, used = float(threshold_at_fpr(probs, req.target_fpr)), "pooled", []
     achieved = float((probs >= thr).mean())
     band = Decision.from_dict(meta.get("decision", {})).uncertain
     calib = {"method": "quantile of held-out real images", "target_fpr": req.target_fpr,
              "achieved_fpr": achieved, "n_real": int(len(probs)), "data": str(req.data), "split": split}
+    if req.per_domain:
+        calib.update(method="worst real domain: every domain at or below the target rate", set_by=set_by,
+                     domains_used=used, min_domain_reals=req.min_domain_reals)
     if req.band_fpr is not None:
         # Wider FPR → lower edge; narrower FPR → upper edge: scores between them are "uncertain".
         loose, strict = sorted(req.band_fpr, reverse=True)
-        low, high = float(threshold_at_fpr(probs, loose)), float(threshold_at_fpr(probs, strict))
+        if req.per_domain:
+            from causalclip_cli.domains import worst_domain_threshold
+
+            low = worst_domain_threshold(probs, kinds, loose, req.min_domain_reals)[0]
+            high = worst_domain_threshold(probs, kinds, strict, req.min_domain_reals)[0]
+        else:
+            low, high = float(threshold_at_fpr(probs, loose)), float(threshold_at_fpr(probs, strict))
         band = (min(low, thr), max(high, thr))
         calib["band_fpr"] = [loose, strict]
-    meta["decision"] = Decision(thr, band, calib).to_dict()
+    familiarity = det.familiarity
+    if req.familiarity_split:
+        familiarity = _fit_familiarity(det, ds, req, samples)
+        calib["familiarity"] = {"train_split": req.familiarity_split, "calibration_split": split,
+                                "unfamiliar_below": req.unfamiliar_alpha, **familiarity.describe()}
+    below = req.unfamiliar_alpha if familiarity is not None else None
+    decision = Decision(thr, band, calib, below)
+    p_real = familiarity.p_values(fs.x) if familiarity is not None else None
+    calib["domains"] = _domain_table(decision, probs, kinds, p_real)
+    meta["decision"] = decision.to_dict()
     if req.output.resolve() == det.path.resolve():
         raise UsageError("--output must differ from the checkpoint (a calibrated copy is written)")
-    save_checkpoint(req.output, head, meta)
-    _console().print(f"wrote {req.output}: threshold {thr:.4f} (FPR {achieved:.4f} on {len(probs)} real images)")
+    save_checkpoint(req.output, head, meta, familiarity)
+    _console().print(f"wrote {req.output}: threshold {thr:.4f} (FPR {achieved:.4f} on {len(probs)} real images"
+                     + (f"; set by {set_by}" if req.per_domain else "") + ")")
     return {"checkpoint": str(req.output), "threshold": thr, **calib}

@@ -172,7 +172,8 @@ class FeatureStore:
         row = {s.path: i for i, s in enumerate(self.samples)}
         idx = [row[s.path] for s in samples]
         return FeatureSet(self.x[idx], np.array([s.label for s in samples], dtype=np.int64),
-                          [s.generator for s in samples], [s.path for s in samples])
+                          [s.generator for s in samples], [s.path for s in samples], [],
+                          [s.kind for s in samples])
 
 
 def open_features(source: str | os.PathLike) -> FeatureStore:

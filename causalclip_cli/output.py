@@ -28,7 +28,8 @@ from .errors import UsageError
 
 FORMATS = ("table", "jsonl", "json", "csv")
 LABELS = ("real", "fake", "uncertain")
-FIELDS = ("path", "probability", "label", "threshold", "model", "width", "height", "error", "provenance")
+FIELDS = ("path", "probability", "label", "reason", "familiarity", "threshold", "model", "width", "height", "error",
+          "provenance")
 # CSV has no nesting: the provenance object becomes these columns (see provenance_columns).
 PROVENANCE_CSV = ("provenance_says", "provenance_evidence", "c2pa_state", "c2pa_signer", "c2pa_claim_generator",
                   "c2pa_digital_source_type", "exif_camera", "exif_datetime", "generator_tool", "generator_model")
@@ -50,6 +51,12 @@ class ScanRecord:
     error: str | None = None
     # What the file's metadata says about its origin (provenance.read_provenance); never used by the model.
     provenance: dict | None = None
+    # Why the label is `uncertain`: "band" (score in the abstain band) or "unfamiliar" (a `fake` score on an
+    # image unlike the head's training data); None otherwise.
+    reason: str | None = None
+    # Conformal p-value of the image's distance to the head's training features (familiarity.py): small means
+    # unlike anything the head was trained on. None when the checkpoint carries no reference.
+    familiarity: float | None = None
 
     @classmethod
     def failed(cls, path: str, error: str, *, threshold: float, model: str) -> ScanRecord:
@@ -69,6 +76,8 @@ def _machine_dict(record: ScanRecord) -> dict:
         p = float(p)
         # NaN/inf would make the JSON document invalid; null is what a consumer can handle.
         d["probability"] = round(p, PROBABILITY_DECIMALS) if math.isfinite(p) else None
+    if d["familiarity"] is not None:
+        d["familiarity"] = round(float(d["familiarity"]), PROBABILITY_DECIMALS)
     return d
 
 
@@ -270,6 +279,8 @@ class TableWriter(Writer):
         line.append(_fit_encoding(terminal_safe(record.path), self.stream))
         if record.error is not None:
             line.append(f"  ({_fit_encoding(terminal_safe(record.error), self.stream)})", style="dim")
+        elif record.reason == "unfamiliar":
+            line.append("  (unfamiliar: unlike the head's training images)", style="dim")
         elif record.provenance and record.provenance.get("evidence"):
             from .provenance import short_evidence
 
@@ -409,6 +420,8 @@ class ScanSummary:
     interrupted: bool = False
     # What the files' metadata says (provenance.says → count), for records that carry provenance.
     provenance: dict[str, int] = field(default_factory=dict)
+    # Images withheld from `fake` because they are unlike the head's training data (reason "unfamiliar").
+    unfamiliar: int = 0
 
     def add(self, record: ScanRecord) -> None:
         """Account for one record (error or result)."""
@@ -419,6 +432,7 @@ class ScanSummary:
             self.errors += 1
             return
         self.counts[record.label] = self.counts.get(record.label, 0) + 1
+        self.unfamiliar += record.reason == "unfamiliar"
         p = record.probability
         if p is not None and math.isfinite(p):
             self.histogram[bisect.bisect_right(_EDGES, p)] += 1
@@ -450,6 +464,7 @@ class ScanSummary:
             "histogram": list(self.histogram),
             "interrupted": self.interrupted,
             "provenance": dict(self.provenance),
+            "unfamiliar": self.unfamiliar,
         }
 
 
@@ -483,6 +498,9 @@ def render_summary(summary: ScanSummary, stream: TextIO) -> None:
     rows = [(k, summary.counts.get(k, 0)) for k in (*LABELS, *others)]
     rows += [("errors", summary.errors), ("skipped", summary.skipped)]
     lines += [f"  {name:<10} {n:>8,}" for name, n in rows]
+    if summary.unfamiliar:
+        lines.append(f"  {summary.unfamiliar:,} of the uncertain would score fake but are unlike the head's training "
+                     "images (reason: unfamiliar)")
     if summary.interrupted:
         lines.append("interrupted: results so far only")
     if summary.provenance:

@@ -38,6 +38,9 @@ class ScanOptions:
     uncertain: tuple[float, float] | tuple[()] | None = None
     provenance: bool = True  # read each file's metadata evidence while decoding it
     precision: str = "auto"  # of the tower (precision.py); the Ray engine's actors load with it
+    # Withhold `fake` (→ `uncertain`, reason "unfamiliar") when the image is unlike the head's training data
+    # (checkpoints with a familiarity reference only; the record keeps the p-value either way).
+    abstain_unfamiliar: bool = True
 
 
 def resolve_decision(checkpoint: Decision, options: ScanOptions) -> Decision:
@@ -48,7 +51,8 @@ def resolve_decision(checkpoint: Decision, options: ScanOptions) -> Decision:
         band = options.uncertain or None
     else:
         band = checkpoint.uncertain if options.threshold is None else None
-    return Decision(threshold, band, checkpoint.calibration)
+    below = checkpoint.unfamiliar_below if options.abstain_unfamiliar else None
+    return Decision(threshold, band, checkpoint.calibration, below)
 
 
 def scan_records(
@@ -79,8 +83,11 @@ def scan_records(
                      (batch.items[g0 + 1:], [j - g0 - 1 for j in batch.good[1:]], batch.tensor[v:])]
         first = first and batch.tensor is None
         for items, good, tensor in parts:
-            probs = detector.probabilities(tensor).tolist() if tensor is not None and good else []
-            for rec in batch_records(items, good, probs, decision, model):
+            probs, familiar = [], None
+            if tensor is not None and good:
+                p, f = detector.assess(tensor)
+                probs, familiar = p.tolist(), (None if f is None else f.tolist())
+            for rec in batch_records(items, good, probs, decision, model, familiar):
                 if rec is None:
                     summary.skipped += 1
                     continue
@@ -92,18 +99,23 @@ def scan_records(
 
 
 def batch_records(items: list[dict], good: list[int], probs: list[float], decision: Decision,
-                  model: str) -> list[ScanRecord | None]:
-    """A decoded batch and the probabilities of its `good` items → one record per item, in item order
-    (None for a non-image met while walking a folder: skipped, not reported). Shared by every engine."""
+                  model: str, familiarity: list[float] | None = None) -> list[ScanRecord | None]:
+    """A decoded batch and the probabilities (and familiarity p-values, when the head has a reference) of its
+    `good` items → one record per item, in item order (None for a non-image met while walking a folder:
+    skipped, not reported). Shared by every engine."""
     by_item = dict(zip(good, probs, strict=True))
+    fam = dict(zip(good, familiarity, strict=True)) if familiarity is not None else {}
     out: list[ScanRecord | None] = []
     for j, item in enumerate(items):
         if item["skipped"]:
             out.append(None)
         elif j in by_item:
             p = float(by_item[j])
-            out.append(ScanRecord(item["path"], p, decision.label(p), decision.threshold, model,
-                                  item.get("width"), item.get("height"), None, item.get("provenance")))
+            q = fam.get(j)
+            label, reason = decision.verdict(p, q)
+            out.append(ScanRecord(item["path"], p, label, decision.threshold, model,
+                                  item.get("width"), item.get("height"), None, item.get("provenance"), reason,
+                                  None if q is None else float(q)))
         else:
             out.append(ScanRecord(item["path"], None, None, decision.threshold, model, item.get("width"),
                                   item.get("height"), item.get("error") or "unreadable", item.get("provenance")))

@@ -105,13 +105,17 @@ def train_head(
     resume_from: Path | None = None,
     resume: bool = True,
     on_epoch: EpochCallback | None = None,
+    weights: np.ndarray | None = None,
 ) -> TrainResult:
     """Train a head. With `resume_from` (the output path) the state is saved after every epoch to a
     `.resume` file beside it, and, when `resume` is true, an existing one is continued.
 
     `x_train` is [n, d], or [n, a, d] for `a` alternative views of each image (the clean one and cached
     augmented ones): every epoch draws one of them per image, so augmentation varies from epoch to epoch
-    while the backbone never runs again."""
+    while the backbone never runs again.
+
+    `weights` (one per training image): each epoch then draws len(x_train) images with replacement, with
+    probability proportional to the weight (domains.balance_weights), instead of a permutation."""
     cfg = cfg or TrainConfig()
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -126,6 +130,10 @@ def train_head(
     xv = torch.as_tensor(x_val, dtype=torch.float32, device=dev)
     yv = np.asarray(y_val)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    draw = None if weights is None else torch.as_tensor(np.asarray(weights, dtype=np.float64))
+    if draw is not None and (draw.shape != (len(xt),) or not torch.isfinite(draw).all() or (draw < 0).any()
+                             or float(draw.sum()) <= 0):
+        raise ValueError("weights must be one finite, non-negative value per training image, not all zero")
     noise = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
 
     history: list[dict] = []
@@ -144,7 +152,10 @@ def train_head(
     stopped = False
     for epoch in range(start, cfg.epochs + 1):
         head.train()
-        order = torch.randperm(len(xt), generator=gen).to(dev)
+        if draw is None:
+            order = torch.randperm(len(xt), generator=gen).to(dev)
+        else:
+            order = torch.multinomial(draw, len(xt), replacement=True, generator=gen).to(dev)
         if xt.dim() == 3:
             pick = torch.randint(xt.shape[1], (len(xt),), generator=gen).to(dev)
             xe = xt[torch.arange(len(xt), device=dev), pick]

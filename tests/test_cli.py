@@ -79,7 +79,8 @@ def test_scan_jsonl_records_errors_and_skips(photos: Path, tiny_checkpoint: Path
     res = _scan([str(photos), "--format", "jsonl", "--threshold", "0.0"], tiny_checkpoint)
     assert res.exit_code == 1, res.output  # everything is flagged at threshold 0
     recs = _jsonl(res.stdout)
-    keys = ["path", "probability", "label", "threshold", "model", "width", "height", "error", "provenance"]
+    keys = ["path", "probability", "label", "reason", "familiarity", "threshold", "model", "width", "height", "error",
+            "provenance"]
     assert all(list(r) == keys for r in recs)
     paths = [r["path"] for r in recs]
     assert len(set(paths)) == len(paths)

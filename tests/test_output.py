@@ -91,8 +91,8 @@ def run_writer(fmt: str, recs: list[ScanRecord]) -> str:
 
 def test_record_to_dict_key_order():
     d = rec().to_dict()
-    assert tuple(d) == FIELDS == ("path", "probability", "label", "threshold", "model", "width", "height", "error",
-                                  "provenance")
+    assert tuple(d) == FIELDS == ("path", "probability", "label", "reason", "familiarity", "threshold", "model",
+                                  "width", "height", "error", "provenance")
     assert d["probability"] == 0.9 and d["error"] is None
 
 

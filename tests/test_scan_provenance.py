@@ -54,8 +54,8 @@ def test_records_carry_provenance_in_one_sorted_order(mixed: Path, tiny_checkpoi
     # The broken symlink's record (made while walking the folder) sits in path order, not first.
     assert [Path(r["path"]).name for r in recs] == ["a_camera.jpg", "b_link.jpg", "c_sd.png", "d_plain.jpg"]
     a, b, c, d = recs
-    assert list(a)[-1] == "provenance" and list(a)[:8] == ["path", "probability", "label", "threshold", "model",
-                                                            "width", "height", "error"]
+    assert list(a)[-1] == "provenance" and list(a)[:10] == ["path", "probability", "label", "reason", "familiarity",
+                                                             "threshold", "model", "width", "height", "error"]
     assert a["provenance"]["says"] == "camera" and a["provenance"]["evidence"] == ["EXIF: Canon EOS 70D"]
     assert b["error"] == "broken symlink" and b["provenance"] is None
     assert c["provenance"]["says"] == "ai-generated"
