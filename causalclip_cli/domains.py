@@ -73,3 +73,31 @@ def worst_domain_threshold(probs: np.ndarray, kinds: Sequence[str], target_fpr: 
         if t > best:
             best, by = t, k
     return best, by, used
+
+
+def choose_threshold(probs: np.ndarray, kinds: Sequence[str], target_fpr: float,
+                     band_fpr: tuple[float, float] | None = None, *, per_domain: bool = False,
+                     min_images: int = 15) -> tuple[float, tuple[float, float] | None, dict]:
+    """Threshold, abstain band and a description of the rule from held-out real scores: the pooled quantile,
+    or (per_domain) the worst domain's. The band runs from the looser FPR point up to the threshold."""
+    from causalclip_cli.metrics import threshold_at_fpr
+
+    def at(fpr: float) -> tuple[float, str, list[str]]:
+        if per_domain:
+            return worst_domain_threshold(probs, kinds, fpr, min_images)
+        return float(threshold_at_fpr(probs, fpr)), "pooled", []
+
+    thr, set_by, used = at(target_fpr)
+    rule: dict = {"method": "quantile of held-out real images", "target_fpr": target_fpr,
+                  "achieved_fpr": float(np.mean(np.asarray(probs) >= thr)), "n_real": int(len(probs))}
+    if per_domain:
+        rule.update(method="worst real domain: every domain at or below the target rate", set_by=set_by,
+                    domains_used=used, min_domain_reals=min_images)
+    band = None
+    if band_fpr is not None:
+        # Wider FPR → lower edge; narrower FPR → upper edge: scores between them are "uncertain".
+        loose, strict = sorted(band_fpr, reverse=True)
+        low, high = at(loose)[0], at(strict)[0]
+        band = (min(low, thr), max(high, thr))
+        rule["band_fpr"] = [loose, strict]
+    return thr, band, rule

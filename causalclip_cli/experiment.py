@@ -556,7 +556,6 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
 
 def run_calibrate(req: CalibrateRequest) -> dict:
     from causalclip_cli.checkpoint import Decision, load_detector, load_head, save_checkpoint
-    from causalclip_cli.metrics import threshold_at_fpr
     from causalclip_cli.settings import resolve_device
 
     det = load_detector(req.checkpoint, device=resolve_device(req.device))
@@ -581,32 +580,15 @@ def run_calibrate(req: CalibrateRequest) -> dict:
         det.metadata["scaling"] = meta["scaling"]
     fs = _detector_features(det, reals, req)
     probs = _probs(det, fs.x)
+    from causalclip_cli.domains import choose_threshold
+
     kinds = fs.kinds
-    if req.per_domain:
-        from causalclip_cli.domains import worst_domain_threshold
-
-        thr, set_by, used = worst_domain_threshold(probs, kinds, req.target_fpr, req.min_domain_reals)
-    else:
-        thr, set_by, used = float(threshold_at_fpr(probs, req.target_fpr)), "pooled", []
-    achieved = float((probs >= thr).mean())
-    band = Decision.from_dict(meta.get("decision", {})).uncertain
-    calib = {"method": "quantile of held-out real images", "target_fpr": req.target_fpr,
-             "achieved_fpr": achieved, "n_real": int(len(probs)), "data": str(req.data), "split": split}
-    if req.per_domain:
-        calib.update(method="worst real domain: every domain at or below the target rate", set_by=set_by,
-                     domains_used=used, min_domain_reals=req.min_domain_reals)
-    if req.band_fpr is not None:
-        # Wider FPR → lower edge; narrower FPR → upper edge: scores between them are "uncertain".
-        loose, strict = sorted(req.band_fpr, reverse=True)
-        if req.per_domain:
-            from causalclip_cli.domains import worst_domain_threshold
-
-            low = worst_domain_threshold(probs, kinds, loose, req.min_domain_reals)[0]
-            high = worst_domain_threshold(probs, kinds, strict, req.min_domain_reals)[0]
-        else:
-            low, high = float(threshold_at_fpr(probs, loose)), float(threshold_at_fpr(probs, strict))
-        band = (min(low, thr), max(high, thr))
-        calib["band_fpr"] = [loose, strict]
+    thr, band, calib = choose_threshold(probs, kinds, req.target_fpr, req.band_fpr, per_domain=req.per_domain,
+                                        min_images=req.min_domain_reals)
+    if req.band_fpr is None:
+        band = Decision.from_dict(meta.get("decision", {})).uncertain
+    calib.update(data=str(req.data), split=split)
+    achieved, set_by = calib["achieved_fpr"], calib.get("set_by")
     familiarity = det.familiarity
     if req.familiarity_split:
         familiarity = _fit_familiarity(det, ds, req, samples)

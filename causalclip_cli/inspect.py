@@ -54,6 +54,7 @@ def gather_info(checkpoint: str | None = None, backbone_weights: str | None = No
             "preprocess": meta.get("preprocess", {}),
             "features": meta.get("features", {"layers": [0], "aggregate": "mean"}),
             "scaling": meta.get("scaling", {"method": "none"}),
+            "familiarity": meta.get("familiarity"),
             "training": meta.get("training", {}).get("summary", meta.get("training", {})),
             "created": meta.get("created"),
             "tool": meta.get("tool"),
@@ -140,6 +141,13 @@ def _decision_text(dec: dict, scaling: dict | None = None) -> str:
     if cal.get("target_fpr") is not None:
         text += (f"; calibrated for {cal['target_fpr']:.1%} FPR on {cal.get('n_real', '?')} real images"
                  f" ({cal.get('data', '?')}, split {cal.get('split', '?')})")
+    if cal.get("set_by"):
+        text += (f", every real domain with ≥ {cal.get('min_domain_reals', '?')} images at or below it "
+                 f"({len(cal.get('domains_used') or [])} domains; set by {cal['set_by']})")
+    fam = cal.get("familiarity")
+    if dec.get("unfamiliar_below") is not None and fam:
+        text += (f"; a fake verdict on an image unlike the training data (familiarity p < {dec['unfamiliar_below']:g}:"
+                 f" {fam.get('k', '?')}-NN distance to {fam.get('bank', '?')} training images) is labelled uncertain")
     return text
 
 
@@ -149,6 +157,10 @@ def _training_text(tr: dict) -> str:
         parts.append(f"{tr['n_train']:,} train / {tr.get('n_val', 0):,} val images")
     if tr.get("augmented_views"):
         parts.append(f"{tr['augmented_views']} augmented views per training image, one drawn per epoch")
+    if tr.get("balance") and tr["balance"] != "none":
+        parts.append(f"{len(tr.get('kinds') or {})} kinds of images balanced ({tr['balance']})")
+    if tr.get("hard_reals"):
+        parts.append(f"{tr['hard_reals']} hardest training reals up-weighted in a second fit")
     if tr.get("generators"):
         parts.append(f"{len(tr['generators'])} generators ({tr.get('layout', '?')} layout)")
     if "best_epoch" in tr:
