@@ -150,7 +150,7 @@ def info(
 ) -> None:
     """What the tool will use: version, device, cache, checkpoint and the backbone it resolves to (no network)."""
     try:
-        from causalclip_cli.inspect import gather_info
+        from causalclip_cli.model.inspect import gather_info
 
         data = gather_info(checkpoint, backbone_weights)
     except CausalClipError as exc:
@@ -158,7 +158,7 @@ def info(
     if as_json:
         typer.echo(json.dumps(data, indent=2, sort_keys=False))
         return
-    from causalclip_cli.inspect import render_info
+    from causalclip_cli.model.inspect import render_info
 
     render_info(data)
 
@@ -214,14 +214,14 @@ def scan(
 
     With --engine ray, PATHS may also be URIs that pyarrow reads (s3://, gs://, file://) and --output may be
     a folder of Parquet shards (a path ending in '/', an existing folder, or a URI)."""
-    from causalclip_cli.output import ScanSummary, default_format, make_writer, render_summary
+    from causalclip_cli.scanning.output import ScanSummary, default_format, make_writer, render_summary
 
     try:
         band = _parse_band(uncertain)
-        from causalclip_cli.scan import parse_fail_on
+        from causalclip_cli.scanning.scan import parse_fail_on
 
         parse_fail_on(fail_on)
-        from causalclip_cli.data import discover, read_path_list
+        from causalclip_cli.inputs.data import discover, read_path_list
 
         inputs = [p for p in paths if p != "-"]
         if "-" in paths:
@@ -238,25 +238,25 @@ def scan(
                                        fail_on, backbone_weights, recursive, address, actors, provenance,
                                        precision))
         found = discover(inputs, recursive=recursive)
-        from causalclip_cli.checkpoint import load_detector
+        from causalclip_cli.model.checkpoint import load_detector
 
         dev = _device(device)
         detector = load_detector(checkpoint, device=dev, backbone_weights=backbone_weights, allow_download=True,
                                  precision=precision)
         if crops is not None:
-            from causalclip_cli.preprocess import VIEW_COUNTS
+            from causalclip_cli.model.preprocess import VIEW_COUNTS
 
             if crops not in VIEW_COUNTS:
                 raise UsageError(f"--crops must be one of {', '.join(map(str, VIEW_COUNTS))}, not {crops}")
             detector.metadata["preprocess"] = {**detector.preprocess.to_dict(), "views": crops}
         if purify:
-            from causalclip_cli.purify import parse_purifier, with_purifier
+            from causalclip_cli.robustness.purify import parse_purifier, with_purifier
 
             detector = with_purifier(detector, parse_purifier(purify, dev))
     except CausalClipError as exc:
         raise _fail(exc) from None
 
-    from causalclip_cli.scan import (
+    from causalclip_cli.scanning.scan import (
         ScanOptions,
         default_batch_size,
         default_workers,
@@ -305,7 +305,7 @@ def scan(
 
     try:
         if output is not None:
-            from causalclip_cli.output import atomic_output
+            from causalclip_cli.scanning.output import atomic_output
 
             with atomic_output(output) as fh:
                 run(fh)
@@ -319,7 +319,7 @@ def scan(
         raise typer.Exit(141) from None
     render_summary(summary, sys.stderr)
     if html is not None and kept is not None:
-        from causalclip_cli.report import ReportOptions, write_report
+        from causalclip_cli.scanning.report import ReportOptions, write_report
 
         try:
             stats = write_report(kept, html, ReportOptions(source="causalclip scan"))
@@ -343,7 +343,7 @@ def report(
     title: Annotated[str, typer.Option(help="Page title.")] = "causalclip scan report",
 ) -> None:
     """Write a self-contained HTML report (no network) from a scan's results: sorted, filterable, searchable."""
-    from causalclip_cli.report import ReportOptions, ReportStats, load_results, write_report
+    from causalclip_cli.scanning.report import ReportOptions, ReportStats, load_results, write_report
 
     stats = ReportStats()
     try:
@@ -364,9 +364,9 @@ def _scan_ray(inputs: list[str], output: str | None, fmt: Fmt | None, checkpoint
               backbone_weights: str | None, recursive: bool, address: str | None, actors: int | None,
               provenance: bool = True, precision: str = "auto") -> int:
     """`scan --engine ray`: the distributed module does the work; the same summary and exit codes."""
-    from causalclip_cli.distributed import RayOptions, scan_command
-    from causalclip_cli.output import render_summary
-    from causalclip_cli.scan import ScanOptions, default_batch_size, exit_code
+    from causalclip_cli.scanning.distributed import RayOptions, scan_command
+    from causalclip_cli.scanning.output import render_summary
+    from causalclip_cli.scanning.scan import ScanOptions, default_batch_size, exit_code
 
     dev = device  # checked against the cluster's GPUs, not this machine's
     opts = ScanOptions(batch_size=batch_size or default_batch_size("cpu" if dev in ("auto", "cpu") else dev),
@@ -435,7 +435,7 @@ def train(
                                                       "(a folder or URI) instead of --data.")] = None,
 ) -> None:
     """Train a CausalCLIP (or linear-probe) head on a dataset; writes a safetensors checkpoint."""
-    from causalclip_cli.experiment import TrainRequest, run_train
+    from causalclip_cli.training.experiment import TrainRequest, run_train
 
     req = TrainRequest(
         data=data, output=output, head=head.value, backbone=backbone, pretrained=pretrained,
@@ -500,7 +500,7 @@ def evaluate(
     With --attack and/or --purify: attack success rate, AP and accuracy before/after, and the
     perturbation's L-inf and PSNR, per attack condition."""
     if attack is not None or purify:
-        from causalclip_cli.adversarial import RobustEvalRequest, render_robust, run_robust_eval
+        from causalclip_cli.robustness.adversarial import RobustEvalRequest, render_robust, run_robust_eval
 
         try:
             if perturb or plot:
@@ -518,7 +518,7 @@ def evaluate(
             raise _fail(exc) from None
         render_robust(report, fmt.value, sys.stdout)
         return
-    from causalclip_cli.experiment import EvalRequest, render_eval, run_eval
+    from causalclip_cli.training.experiment import EvalRequest, render_eval, run_eval
 
     req = EvalRequest(data=data, checkpoint=checkpoint, split=split, subsets=subset or None, layout=layout,
                       threshold=threshold, perturb=perturb, plot=plot, device=device, workers=workers,
@@ -553,7 +553,7 @@ def embed(
 ) -> None:
     """Embed a labelled dataset with the frozen backbone into Parquet shards for `train/eval --features`."""
     try:
-        from causalclip_cli.distributed import RayOptions, embed_command
+        from causalclip_cli.scanning.distributed import RayOptions, embed_command
 
         result = embed_command(str(data), output, engine=engine.value, layout=layout, subsets=subset or None,
                                backbone=backbone, pretrained=pretrained, backbone_weights=backbone_weights,
@@ -591,7 +591,7 @@ def calibrate(
 ) -> None:
     """Calibrate probabilities (Platt scaling) and choose the threshold on held-out real images for a target
     false-positive rate."""
-    from causalclip_cli.experiment import CalibrateRequest, run_calibrate
+    from causalclip_cli.training.experiment import CalibrateRequest, run_calibrate
 
     try:
         band = _parse_band(":".join(sorted((band_fpr or "").split(":")))) if band_fpr else None
@@ -625,10 +625,10 @@ def train_purifier_cmd(
 ) -> None:
     """Train the learned purifier (a small residual denoising CNN) on PGD examples of the given images."""
     try:
-        from causalclip_cli.adversarial import load_pixels
-        from causalclip_cli.checkpoint import load_detector
-        from causalclip_cli.data import discover
-        from causalclip_cli.purify import PurifierTrainConfig, save_purifier, train_purifier
+        from causalclip_cli.inputs.data import discover
+        from causalclip_cli.model.checkpoint import load_detector
+        from causalclip_cli.robustness.adversarial import load_pixels
+        from causalclip_cli.robustness.purify import PurifierTrainConfig, save_purifier, train_purifier
 
         try:
             eps_choices = tuple(float(e) for e in eps.split(",") if e.strip())

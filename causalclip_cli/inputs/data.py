@@ -20,8 +20,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import ImageError, UsageError
-from .preprocess import Preprocess
+from causalclip_cli.errors import ImageError, UsageError
+from causalclip_cli.model.preprocess import Preprocess
 
 __all__ = [
     "NOT_AN_IMAGE",
@@ -504,7 +504,7 @@ def _decode_open(fp: BinaryIO, fmt: str, min_size: int | None, provenance: bool 
                 loaded = img.size
                 prov = None
                 if provenance:
-                    from .provenance import read_provenance
+                    from causalclip_cli.evidence.provenance import read_provenance
 
                     prov = read_provenance(img, fp, fmt)
                 try:

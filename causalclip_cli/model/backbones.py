@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from causalclip_cli import offline
 from causalclip_cli.errors import BackboneError
-from causalclip_cli.preprocess import Preprocess
+from causalclip_cli.model import offline
+from causalclip_cli.model.preprocess import Preprocess
 from causalclip_cli.settings import cache_dir as default_cache_dir
 from causalclip_cli.settings import package_dir
 
@@ -86,7 +86,7 @@ def _register_configs() -> None:
     import open_clip
 
     if TINY_MODEL not in open_clip.list_models():
-        open_clip.add_model_config(package_dir() / "model_configs")
+        open_clip.add_model_config(package_dir() / "model" / "model_configs")
 
 
 def _model_config(name: str) -> dict:
@@ -296,7 +296,7 @@ def load_backbone(
     tower.requires_grad_(False)
     tower.eval().to(device)
     if int8:
-        from causalclip_cli.precision import quantize_int8
+        from causalclip_cli.model.precision import quantize_int8
 
         quantize_int8(tower)
     return Backbone(tower=tower, preprocess=Preprocess.from_dict(info.preprocess), info=info)

@@ -24,10 +24,10 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from causalclip_cli.backbones import Backbone
-    from causalclip_cli.heads import Head
-    from causalclip_cli.preprocess import Preprocess
-    from causalclip_cli.taps import FeatureSpec
+    from causalclip_cli.model.backbones import Backbone
+    from causalclip_cli.model.heads import Head
+    from causalclip_cli.model.preprocess import Preprocess
+    from causalclip_cli.model.taps import FeatureSpec
 
 FORMAT_VERSION = 1
 METADATA_KEY = "causalclip"
@@ -66,7 +66,7 @@ def build_metadata(head: Head, backbone_info: dict, decision: Decision | None = 
                    features: dict | None = None, scaling: dict | None = None) -> dict:
     """`preprocess`: the recipe the head was trained with (default: the backbone's); `features`: a
     taps.FeatureSpec dict (default: final embedding only); `scaling`: logit → probability map."""
-    from causalclip_cli.heads import head_config_dict
+    from causalclip_cli.model.heads import head_config_dict
 
     return {
         "format_version": FORMAT_VERSION,
@@ -153,7 +153,7 @@ def load_head(path: str | os.PathLike, device: str = "cpu") -> tuple[Head, dict]
     """Rebuild the head exactly from a checkpoint; returns (head in eval mode, metadata)."""
     from safetensors.torch import load_file
 
-    from causalclip_cli.heads import make_head
+    from causalclip_cli.model.heads import make_head
 
     meta = read_metadata(path)
     h = meta["head"]
@@ -201,7 +201,7 @@ class Detector:
 
     @property
     def preprocess(self) -> Preprocess:
-        from causalclip_cli.preprocess import Preprocess
+        from causalclip_cli.model.preprocess import Preprocess
 
         recorded = self.metadata.get("preprocess")
         return Preprocess.from_dict(recorded) if recorded else self.backbone.preprocess
@@ -219,7 +219,7 @@ class Detector:
 
     @property
     def features(self) -> FeatureSpec:
-        from causalclip_cli.taps import FeatureSpec
+        from causalclip_cli.model.taps import FeatureSpec
 
         return FeatureSpec.from_dict(self.metadata.get("features"))
 
@@ -242,8 +242,8 @@ class Detector:
 
         import torch
 
-        from causalclip_cli.precision import autocast_dtype
-        from causalclip_cli.taps import forward_layers
+        from causalclip_cli.model.precision import autocast_dtype
+        from causalclip_cli.model.taps import forward_layers
 
         amp = autocast_dtype(self.precision)
         cast = (torch.autocast(self.device.split(":", 1)[0], dtype=amp) if amp is not None
@@ -308,8 +308,8 @@ def check_compatible(meta: dict, info: dict, source: str) -> None:
 def load_detector(checkpoint: str | None = None, *, device: str = "cpu", backbone_weights: str | None = None,
                   allow_download: bool = True, cache_dir: Path | None = None, precision: str = "auto") -> Detector:
     """Checkpoint name or path → ready-to-run Detector on `device` (precision: see precision.py)."""
-    from causalclip_cli.backbones import BackboneSpec, load_backbone, locate
-    from causalclip_cli.precision import resolve_precision
+    from causalclip_cli.model.backbones import BackboneSpec, load_backbone, locate
+    from causalclip_cli.model.precision import resolve_precision
 
     precision = resolve_precision(precision, device)
 
@@ -323,7 +323,7 @@ def load_detector(checkpoint: str | None = None, *, device: str = "cpu", backbon
                              int8=precision == "int8")
     layers = (meta.get("features") or {}).get("layers", [0])
     if list(layers) != [0]:
-        from causalclip_cli.taps import tower_shape
+        from causalclip_cli.model.taps import tower_shape
 
         shape = tower_shape(backbone.tower)
         if max(layers) > shape.depth or sum(shape.dims(layers)) != int(meta["head"]["embed_dim"]):

@@ -28,8 +28,8 @@ def _device_info() -> dict:
 
 def gather_info(checkpoint: str | None = None, backbone_weights: str | None = None) -> dict:
     """One JSON-ready dict with stable keys: version, device, cache, checkpoint, backbone."""
-    from causalclip_cli.backbones import BackboneSpec, locate
-    from causalclip_cli.checkpoint import available_checkpoints, read_metadata, resolve_checkpoint
+    from causalclip_cli.model.backbones import BackboneSpec, locate
+    from causalclip_cli.model.checkpoint import available_checkpoints, read_metadata, resolve_checkpoint
     from causalclip_cli.settings import cache_dir
 
     out: dict = {

@@ -7,7 +7,7 @@ with a scale and zero point; everything else is float. We dequantise the weights
 purpose: onnxruntime quantises every activation per tensor (uint8), CLIP's outlier channels push the
 zero point high, and on CPUs without AVX512-VNNI its u8×s8 kernel saturates pairwise sums at 16 bits;
 together they wreck the features (end-to-end cosine to fp32 ≈ 0.43; linear-probe accuracy 0.75 versus
-0.87 on forensynths-thumbs). tests/test_offline.py checks every dequantised layer against the graph.
+0.87 on forensynths-thumbs). tests/model/test_offline.py checks every dequantised layer against the graph.
 """
 
 from __future__ import annotations

@@ -20,9 +20,9 @@ from typing import TextIO
 import numpy as np
 import torch
 
-from causalclip_cli.checkpoint import Detector
 from causalclip_cli.errors import UsageError
-from causalclip_cli.purify import Purifier, normalise, to_unit
+from causalclip_cli.model.checkpoint import Detector
+from causalclip_cli.robustness.purify import Purifier, normalise, to_unit
 
 ATTACKS = ("pgd", "fgsm")
 TARGETS = ("real", "fake", "both")
@@ -73,7 +73,7 @@ def features_from_pixels(detector: Detector, pixels: torch.Tensor, purifier: Pur
         xn = normalise(x, detector.preprocess)
         if layers == (0,):
             return detector.backbone.tower(xn).float()
-        from causalclip_cli.taps import forward_layers
+        from causalclip_cli.model.taps import forward_layers
 
         return forward_layers(detector.backbone.tower, xn, layers).float()
 
@@ -155,7 +155,7 @@ def perturbation_stats(clean: torch.Tensor, adv: torch.Tensor) -> dict:
 
 
 def _metrics(y: np.ndarray, p: np.ndarray, thr: float) -> dict:
-    from causalclip_cli.metrics import binary_metrics
+    from causalclip_cli.training.metrics import binary_metrics
 
     return binary_metrics(y, p, thr)
 
@@ -219,8 +219,8 @@ class RobustEvalRequest:
 def load_pixels(paths: list[str], detector: Detector, batch_size: int = 16, workers: int = 0
                 ) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
     """Decode + resize/crop through the checkpoint's preprocessing → ([0, 1] pixels, ok indices, failures)."""
-    from causalclip_cli.data import make_loader
-    from causalclip_cli.transforms import jpeg
+    from causalclip_cli.inputs.data import make_loader
+    from causalclip_cli.inputs.transforms import jpeg
 
     # A head trained with --jpeg-align sees every image re-encoded at that quality first, as in `eval`.
     align_q = detector.metadata.get("preprocess", {}).get("jpeg_align")
@@ -253,10 +253,10 @@ def sample_balanced(samples: list, limit: int | None) -> list:
 
 
 def run_robust_eval(req: RobustEvalRequest, log: TextIO | None = None) -> dict:
-    from causalclip_cli.checkpoint import load_detector
-    from causalclip_cli.experiment import _discover, _pick_split
-    from causalclip_cli.purify import parse_purifier
+    from causalclip_cli.model.checkpoint import load_detector
+    from causalclip_cli.robustness.purify import parse_purifier
     from causalclip_cli.settings import resolve_device
+    from causalclip_cli.training.experiment import _discover, _pick_split
 
     log = log or sys.stderr
     if req.target not in TARGETS:

@@ -29,9 +29,9 @@ from PIL import Image
 from torch import nn
 
 from causalclip_cli import __version__
-from causalclip_cli.checkpoint import Detector
 from causalclip_cli.errors import CheckpointError, UsageError
-from causalclip_cli.preprocess import Preprocess
+from causalclip_cli.model.checkpoint import Detector
+from causalclip_cli.model.preprocess import Preprocess
 
 PURIFIER_KEY = "causalclip-purifier"
 PURIFIER_FORMAT = 1
@@ -234,7 +234,7 @@ def parse_purifier(text: str | None, device: str = "cpu") -> Purifier | None:
 
 def save_purifier(path: str | os.PathLike, net: PurifierNet, metadata: dict) -> Path:
     """safetensors + JSON metadata, written atomically like a checkpoint (a killed run leaves nothing)."""
-    from causalclip_cli.checkpoint import save_safetensors
+    from causalclip_cli.model.checkpoint import save_safetensors
 
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -248,7 +248,7 @@ def save_purifier(path: str | os.PathLike, net: PurifierNet, metadata: dict) -> 
 def load_purifier(path: str | os.PathLike) -> LearnedPurifier:
     from safetensors.torch import load_file
 
-    from causalclip_cli.checkpoint import read_safetensors_document
+    from causalclip_cli.model.checkpoint import read_safetensors_document
 
     p = Path(path).expanduser()
     hint = "write one with `causalclip train-purifier --output FILE.safetensors`"
@@ -326,7 +326,7 @@ def _relative_feature_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _features(detector: Detector, pixels: torch.Tensor, net: PurifierNet | None = None,
               batch_size: int = 16) -> torch.Tensor:
-    from causalclip_cli.adversarial import features_from_pixels
+    from causalclip_cli.robustness.adversarial import features_from_pixels
 
     out = []
     for i in range(0, pixels.shape[0], batch_size):
@@ -346,7 +346,7 @@ def train_purifier(detector: Detector, pixels: torch.Tensor, config: PurifierTra
     reads. Returns the net (eval mode, CPU) and a training summary."""
     import time
 
-    from causalclip_cli.adversarial import AttackConfig, attack, features_from_pixels, probabilities
+    from causalclip_cli.robustness.adversarial import AttackConfig, attack, features_from_pixels, probabilities
 
     cfg = config or PurifierTrainConfig()
     start = time.perf_counter()

@@ -33,12 +33,12 @@ from urllib.parse import quote
 import numpy as np
 
 from causalclip_cli.errors import CausalClipError, UsageError
-from causalclip_cli.feature_store import is_uri
+from causalclip_cli.training.feature_store import is_uri
 
 if TYPE_CHECKING:
-    from causalclip_cli.output import ScanRecord, ScanSummary
-    from causalclip_cli.preprocess import Preprocess
-    from causalclip_cli.scan import ScanOptions
+    from causalclip_cli.model.preprocess import Preprocess
+    from causalclip_cli.scanning.output import ScanRecord, ScanSummary
+    from causalclip_cli.scanning.scan import ScanOptions
 
 RAY_HINT = 'install the extra: pip install "causalclip[ray]"'
 # Test hook: a file path; the first score/embed actor batch that manages to create it kills its process
@@ -147,7 +147,7 @@ class Listing:
 
 def list_sources(sources: list[str], recursive: bool = True) -> Listing:
     """Local paths are walked by data.discover (exactly like the local scan); URIs by pyarrow's filesystems."""
-    from causalclip_cli.data import discover
+    from causalclip_cli.inputs.data import discover
 
     local = [s for s in sources if not is_uri(s)]
     found = discover(local, recursive=recursive) if local else None
@@ -226,8 +226,8 @@ def decode_batch(batch: dict[str, np.ndarray], preprocess: Preprocess, with_key:
     Columns out: index, path, ok, pixels (zeros where not ok), width/height (-1: unknown), error ('' if
     none), skipped, and with `with_key` the content sha256 (`key`, '' when unreadable).
     """
-    from causalclip_cli.data import ScanDataset, collate_scan
-    from causalclip_cli.features import file_sha256
+    from causalclip_cli.inputs.data import ScanDataset, collate_scan
+    from causalclip_cli.training.features import file_sha256
 
     paths = [str(p) for p in batch["path"]]
     named = [bool(e) for e in batch["explicit"]]
@@ -319,8 +319,8 @@ class ScoreActor:
                  options: ScanOptions, threads: float | None, die_once: str | None) -> None:
         import ray
 
-        from causalclip_cli.checkpoint import load_detector
-        from causalclip_cli.scan import resolve_decision
+        from causalclip_cli.model.checkpoint import load_detector
+        from causalclip_cli.scanning.scan import resolve_decision
 
         _set_threads(threads)
         self._dir = tempfile.TemporaryDirectory(prefix="causalclip-ckpt-")
@@ -335,7 +335,7 @@ class ScoreActor:
         import pyarrow as pa
         import torch
 
-        from causalclip_cli.scan import batch_records
+        from causalclip_cli.scanning.scan import batch_records
 
         _maybe_die_once(self.die_once)
         good = np.flatnonzero(batch["ok"]).tolist()
@@ -368,7 +368,8 @@ def _pipeline(ray, listing: Listing, preprocess: Preprocess, actor_cls: type, ac
     blocks = max(1, min(math.ceil(n / options.decode_batch), 20_000))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
     # Retries are Ray Data's defaults: tasks are retried, pool actors get max_restarts=-1 and
-    # max_task_retries=-1 (a dead actor is restarted and its batch re-run; tests/test_distributed.py checks it).
+    # max_task_retries=-1 (a dead actor is restarted and its batch re-run; tests/scanning/test_distributed.py
+    # checks it).
     ds = ds.map_batches(decode_batch, batch_size=options.decode_batch, batch_format="numpy",
                         num_cpus=options.decode_cpus,
                         fn_kwargs={"preprocess": preprocess, "with_key": with_key, "provenance": provenance})
@@ -445,10 +446,10 @@ def scan_ray(listing: Listing, checkpoint: str | None, options: ScanOptions, ray
     """
     import dataclasses
 
-    from causalclip_cli.checkpoint import load_detector
-    from causalclip_cli.output import ScanRecord
-    from causalclip_cli.precision import resolve_precision
-    from causalclip_cli.scan import error_records, resolve_decision
+    from causalclip_cli.model.checkpoint import load_detector
+    from causalclip_cli.model.precision import resolve_precision
+    from causalclip_cli.scanning.output import ScanRecord
+    from causalclip_cli.scanning.scan import error_records, resolve_decision
 
     # The driver loads the detector once on CPU: it validates the checkpoint and the backbone before any
     # cluster work, and gives the preprocessing, threshold and model id of the records.
@@ -503,7 +504,7 @@ def scan_command(sources: list[str], output: str | None, fmt: str | None, checkp
                  backbone_weights: str | None = None) -> ScanSummary:
     """`causalclip scan --engine ray`: list, score, write. DEST: a file (atomic), a folder of Parquet
     shards (ends with '/', an existing folder, or a URI), or stdout when None."""
-    from causalclip_cli.output import ScanSummary, atomic_output, default_format, make_writer
+    from causalclip_cli.scanning.output import ScanSummary, atomic_output, default_format, make_writer
 
     listing = list_sources(sources, recursive=recursive)
     if not listing.files and not listing.errors:
@@ -550,8 +551,8 @@ def _scan_to_parquet(listing: Listing, dest: str, checkpoint: str | None, option
                      backbone_weights: str | None) -> None:
     import pyarrow as pa
 
-    from causalclip_cli.feature_store import ShardWriter
-    from causalclip_cli.output import FIELDS
+    from causalclip_cli.scanning.output import FIELDS
+    from causalclip_cli.training.feature_store import ShardWriter
 
     schema = pa.schema([f for f in _record_schema() if f.name in FIELDS])
     shards = ShardWriter(dest, schema)
@@ -573,7 +574,7 @@ class EmbedActor:
     """Ray Data actor: the frozen backbone, loaded once; a decoded batch in, features out."""
 
     def __init__(self, spec: Any, device: str, threads: float | None, die_once: str | None) -> None:  # noqa: ANN401
-        from causalclip_cli.backbones import load_backbone
+        from causalclip_cli.model.backbones import load_backbone
 
         _set_threads(threads)
         self.backbone = load_backbone(spec, device=device, allow_download=False)
@@ -616,10 +617,10 @@ def embed_command(data: str, dest: str, *, engine: str = "ray", layout: str = "a
                   workers: int = 2, cache_dir: Path | None = None,
                   ray_options: RayOptions | None = None) -> EmbedResult:
     """Embed a labelled dataset into Parquet feature shards (see feature_store.py)."""
-    from causalclip_cli.backbones import BackboneSpec, load_backbone, locate
-    from causalclip_cli.experiment import _discover
-    from causalclip_cli.feature_store import ShardWriter, feature_schema, require_pyarrow
+    from causalclip_cli.model.backbones import BackboneSpec, load_backbone, locate
     from causalclip_cli.settings import resolve_device
+    from causalclip_cli.training.experiment import _discover
+    from causalclip_cli.training.feature_store import ShardWriter, feature_schema, require_pyarrow
 
     require_pyarrow()
     ds = _discover(Path(data), layout, subsets)
@@ -633,7 +634,7 @@ def embed_command(data: str, dest: str, *, engine: str = "ray", layout: str = "a
     elif engine == "ray":
         info = locate(spec, allow_download=True)
         load_backbone(spec, device="cpu", info=info)  # recovers/caches the weights once, before the cluster
-        from causalclip_cli.preprocess import Preprocess
+        from causalclip_cli.model.preprocess import Preprocess
 
         preprocess = Preprocess.from_dict(info.preprocess)
         rows_iter = _embed_ray(ds.samples, spec, preprocess, ray_options or RayOptions(), device, batch_size)
@@ -661,8 +662,8 @@ def embed_command(data: str, dest: str, *, engine: str = "ray", layout: str = "a
 def _embed_local(samples: list, bb: Any, device: str, batch_size: int, workers: int,  # noqa: ANN401
                  cache_dir: Path | None) -> Iterator[tuple]:
     """The local engine: the feature cache and extraction `train` uses, then one row per sample."""
-    from causalclip_cli.experiment import dataset_features
-    from causalclip_cli.features import file_sha256
+    from causalclip_cli.training.experiment import dataset_features
+    from causalclip_cli.training.features import file_sha256
 
     def embed(px):  # noqa: ANN001, ANN202 - as in experiment.run_train
         import torch

@@ -24,7 +24,7 @@ from typing import TextIO
 from rich.console import Console
 from rich.text import Text
 
-from .errors import UsageError
+from causalclip_cli.errors import UsageError
 
 FORMATS = ("table", "jsonl", "json", "csv")
 LABELS = ("real", "fake", "uncertain")
@@ -271,7 +271,7 @@ class TableWriter(Writer):
         if record.error is not None:
             line.append(f"  ({_fit_encoding(terminal_safe(record.error), self.stream)})", style="dim")
         elif record.provenance and record.provenance.get("evidence"):
-            from .provenance import short_evidence
+            from causalclip_cli.evidence.provenance import short_evidence
 
             evidence = terminal_safe(short_evidence(record.provenance))
             line.append(f"  [{_fit_encoding(evidence, self.stream)}]", style="dim")

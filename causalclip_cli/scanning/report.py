@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import UsageError
+from causalclip_cli.errors import UsageError
 
 __all__ = ["ReportOptions", "ReportStats", "build_report", "load_results", "write_report"]
 
@@ -132,7 +132,7 @@ def _folder(path: str) -> str:
 def _thumbnail(path: str, size: int) -> str | None:
     """A small JPEG as a data: URI, or None if the file cannot be read now (the report still lists it)."""
     try:
-        from .data import decode_image
+        from causalclip_cli.inputs.data import decode_image
 
         img = decode_image(path, min_size=size).image
         img.thumbnail((size, size))
@@ -145,7 +145,7 @@ def _thumbnail(path: str, size: int) -> str | None:
 
 def _safe(text: str) -> str:
     """Text with lone surrogates (undecodable file-name bytes) shown as escapes, so it encodes as UTF-8."""
-    from .output import _escape_surrogates
+    from causalclip_cli.scanning.output import _escape_surrogates
 
     return _escape_surrogates(text)
 
@@ -235,7 +235,7 @@ def build_report(records: list[dict[str, Any]], options: ReportOptions | None = 
     stats.thumbnails = len(thumbs)
     from jinja2 import Environment, PackageLoader, select_autoescape
 
-    env = Environment(loader=PackageLoader("causalclip_cli", "templates"),
+    env = Environment(loader=PackageLoader("causalclip_cli.scanning", "templates"),
                       autoescape=select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
     template = env.get_template("report.html.j2")
     summary = _summarise(records, options)
@@ -250,7 +250,7 @@ def build_report(records: list[dict[str, Any]], options: ReportOptions | None = 
 def write_report(records: Iterable[dict[str, Any]], path: str | os.PathLike, options: ReportOptions | None = None,
                  stats: ReportStats | None = None) -> ReportStats:
     """Render and write the report atomically (temp file + rename): a killed run leaves no half page."""
-    from .output import atomic_output
+    from causalclip_cli.scanning.output import atomic_output
 
     stats = stats if stats is not None else ReportStats()
     page = build_report(list(records), options, stats)

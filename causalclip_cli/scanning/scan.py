@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from causalclip_cli.checkpoint import Decision, Detector
-from causalclip_cli.output import ScanRecord, ScanSummary
+from causalclip_cli.model.checkpoint import Decision, Detector
+from causalclip_cli.scanning.output import ScanRecord, ScanSummary
 
 # Measured by benchmarks/cpu_paths.py (batch sweep): on a 2-core CPU, ViT-B/16 runs fastest at 4-8 images
 # per pass (~3.5 images/s vs ~3.0 at 16), and a small batch also brings the first result sooner.
@@ -60,7 +60,7 @@ def scan_records(
     on_progress: Callable[[int], None] | None = None,
 ) -> Iterator[ScanRecord]:
     """Yield one record per file in `files` order; non-images found by walking are counted, not yielded."""
-    from causalclip_cli.data import make_loader
+    from causalclip_cli.inputs.data import make_loader
 
     decision = resolve_decision(detector.decision, options)
     model = detector.model_id
@@ -121,7 +121,7 @@ def in_path_order(
 ) -> Iterator[ScanRecord]:
     """Discovery's error records merged into `records` (already in discovery's path order), lazily, so that
     every record comes in the one sorted order; the error records are added to `summary` as they pass."""
-    from causalclip_cli.data import path_sort_key
+    from causalclip_cli.inputs.data import path_sort_key
 
     def counted() -> Iterator[ScanRecord]:
         for rec in error_records(errors, threshold, model):

@@ -34,8 +34,8 @@ def dataset_features(samples: list, embed, preprocess, backbone_id: str, *, cach
     """Embeddings (through the cache) for labelled samples, with a progress bar on stderr."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from causalclip_cli.features import FeatureCache, extract_features
     from causalclip_cli.settings import cache_dir as default_cache
+    from causalclip_cli.training.features import FeatureCache, extract_features
 
     variant = preprocess.key() + (f"-{transform.name}" if transform is not None else "")
     cache = FeatureCache(default_cache(cache_dir), backbone_id, variant) if use_cache else None
@@ -59,7 +59,7 @@ def dataset_features(samples: list, embed, preprocess, backbone_id: str, *, cach
 
 
 def _discover(data: Path, layout: str, subsets: list[str] | None):  # noqa: ANN202
-    from causalclip_cli.datasets import discover_dataset
+    from causalclip_cli.inputs.datasets import discover_dataset
 
     manifest = data if data.suffix.lower() == ".csv" else None
     ds = discover_dataset(data, layout=layout, subsets=subsets, manifest=manifest)
@@ -109,7 +109,7 @@ class TrainRequest:
 
 
 def _splits(ds, val_fraction: float, seed: int) -> tuple[list, list]:  # noqa: ANN001
-    from causalclip_cli.datasets import make_splits
+    from causalclip_cli.inputs.datasets import make_splits
 
     ds = make_splits(ds, val_fraction=val_fraction, seed=seed)
     train, val = ds.split("train"), ds.split("val")
@@ -121,12 +121,12 @@ def _splits(ds, val_fraction: float, seed: int) -> tuple[list, list]:  # noqa: A
 
 
 def run_train(req: TrainRequest) -> dict:
-    from causalclip_cli.backbones import BackboneSpec, load_backbone
-    from causalclip_cli.checkpoint import Decision, build_metadata, save_checkpoint
-    from causalclip_cli.metrics import per_group_metrics
+    from causalclip_cli.inputs.transforms import jpeg, random_augment
+    from causalclip_cli.model.backbones import BackboneSpec, load_backbone
+    from causalclip_cli.model.checkpoint import Decision, build_metadata, save_checkpoint
     from causalclip_cli.settings import resolve_device
-    from causalclip_cli.training import TrainConfig, clear_resume, train_head
-    from causalclip_cli.transforms import jpeg, random_augment
+    from causalclip_cli.training.metrics import per_group_metrics
+    from causalclip_cli.training.trainer import TrainConfig, clear_resume, train_head
 
     if req.output.suffix != ".safetensors":
         raise UsageError(f"--output {req.output}: checkpoints are .safetensors files")
@@ -135,7 +135,7 @@ def run_train(req: TrainRequest) -> dict:
     ds = store.dataset(req.subsets) if store else _discover(req.data, req.layout, req.subsets)
     train_s, val_s = _splits(ds, req.val_fraction, req.seed)
     bb = load_backbone(BackboneSpec(req.backbone, req.pretrained, req.backbone_weights), device=device)
-    from causalclip_cli.taps import FeatureSpec, forward_layers, parse_layers, tower_shape
+    from causalclip_cli.model.taps import FeatureSpec, forward_layers, parse_layers, tower_shape
 
     shape = tower_shape(bb.tower)
     try:
@@ -150,7 +150,7 @@ def run_train(req: TrainRequest) -> dict:
         raise UsageError("--augment-views needs --data")
     if req.augment_views and req.augment:
         raise UsageError("--augment (one extra copy) and --augment-views cannot be combined")
-    from causalclip_cli.heads import COMBINES
+    from causalclip_cli.model.heads import COMBINES
 
     if req.combine not in COMBINES:
         raise UsageError(f"--combine must be one of {', '.join(COMBINES)}, not {req.combine!r}")
@@ -181,7 +181,7 @@ def run_train(req: TrainRequest) -> dict:
         va = features(val_s, "val features", align)
     x_tr, y_tr = tr.x, tr.y
     if req.augment_views:
-        from causalclip_cli.transforms import compose, degrade
+        from causalclip_cli.inputs.transforms import compose, degrade
 
         views = [x_tr]
         for k in range(1, req.augment_views + 1):
@@ -191,7 +191,7 @@ def run_train(req: TrainRequest) -> dict:
             views.append(av.x)
         x_tr = np.stack(views, axis=1)
     if req.augment:
-        from causalclip_cli.transforms import compose
+        from causalclip_cli.inputs.transforms import compose
 
         aug = compose(align, random_augment(req.augment, req.seed))
         common_aug = {**common, "transform": aug}
@@ -276,7 +276,7 @@ def _feature_store(data: Path | None, features: str | None, pixel_work: object):
         return None
     if pixel_work:
         raise UsageError("--features holds clean embeddings: --augment, --jpeg-align and --perturb need --data")
-    from causalclip_cli.feature_store import open_features
+    from causalclip_cli.training.feature_store import open_features
 
     store = open_features(features)
     _console().print(f"features: {features} ({len(store.samples)} images, backbone {store.meta.get('backbone_id')})")
@@ -301,9 +301,9 @@ def superset_layers(tower, layers: tuple[int, ...], base_id: str, preprocess, tr
     """The layers to extract for a head that reads `layers`: those layers — or every layer, when a cache of
     every layer already exists for this recipe. One pass computes them all, so a layer subset is a slice of
     that cache: trying `--layers 4:12` after `--layers all` embeds nothing again."""
-    from causalclip_cli.features import cache_folder
+    from causalclip_cli.model.taps import FeatureSpec, tower_shape
     from causalclip_cli.settings import cache_dir as default_cache
-    from causalclip_cli.taps import FeatureSpec, tower_shape
+    from causalclip_cli.training.features import cache_folder
 
     full = (0, *range(1, tower_shape(tower).depth + 1))
     if tuple(layers) == full or set(layers) - set(full):
@@ -324,7 +324,7 @@ def layer_dataset_features(samples: list, tower, layers: tuple[int, ...], base_i
 
     import torch
 
-    from causalclip_cli.taps import FeatureSpec, forward_layers, select_layers, tower_shape
+    from causalclip_cli.model.taps import FeatureSpec, forward_layers, select_layers, tower_shape
 
     extract = superset_layers(tower, layers, base_id, preprocess, transform, cache_dir)
     key = FeatureSpec(extract).key()
@@ -347,7 +347,7 @@ def _detector_features(det, samples, req, transform=None) -> FeatureSet:  # noqa
                                 transform=transform, batch_size=req.batch_size, workers=req.workers)
     import torch
 
-    from causalclip_cli.precision import autocast_dtype
+    from causalclip_cli.model.precision import autocast_dtype
 
     amp = autocast_dtype(getattr(det, "precision", "fp32"))
     cast = (lambda: torch.autocast(det.device.split(":", 1)[0], dtype=amp)) if amp is not None else None
@@ -361,10 +361,10 @@ def _probs(det, x: np.ndarray) -> np.ndarray:  # noqa: ANN001
 
 
 def run_eval(req: EvalRequest) -> dict:
-    from causalclip_cli.checkpoint import load_detector
-    from causalclip_cli.metrics import per_group_metrics
+    from causalclip_cli.inputs.transforms import jpeg, parse_perturbations
+    from causalclip_cli.model.checkpoint import load_detector
     from causalclip_cli.settings import resolve_device
-    from causalclip_cli.transforms import jpeg, parse_perturbations
+    from causalclip_cli.training.metrics import per_group_metrics
 
     perturbations = parse_perturbations(req.perturb)
     det = load_detector(req.checkpoint, device=resolve_device(req.device), backbone_weights=req.backbone_weights,
@@ -375,7 +375,7 @@ def run_eval(req: EvalRequest) -> dict:
     thr = det.decision.threshold if req.threshold is None else req.threshold
     align_q = det.metadata.get("preprocess", {}).get("jpeg_align")
     align = jpeg(int(align_q)) if align_q else None
-    from causalclip_cli.transforms import compose
+    from causalclip_cli.inputs.transforms import compose
 
     report: dict = {"checkpoint": str(det.path), "model": det.model_id, "data": str(req.features or req.data),
                     "layout": ds.layout, "split": split, "threshold": thr, "conditions": {}}
@@ -390,7 +390,7 @@ def run_eval(req: EvalRequest) -> dict:
         report["conditions"][name]["_unreadable"] = len(fs.failed)
         curves[name] = (fs.y, probs)
     if req.plot:
-        from causalclip_cli.plots import write_curves
+        from causalclip_cli.training.plots import write_curves
 
         report["plots"] = write_curves(curves, req.plot)
     return report
@@ -469,9 +469,9 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
 
 
 def run_calibrate(req: CalibrateRequest) -> dict:
-    from causalclip_cli.checkpoint import Decision, load_detector, load_head, save_checkpoint
-    from causalclip_cli.metrics import threshold_at_fpr
+    from causalclip_cli.model.checkpoint import Decision, load_detector, load_head, save_checkpoint
     from causalclip_cli.settings import resolve_device
+    from causalclip_cli.training.metrics import threshold_at_fpr
 
     det = load_detector(req.checkpoint, device=resolve_device(req.device))
     ds = _discover(req.data, req.layout, None)

@@ -25,8 +25,8 @@ from causalclip_cli.errors import DataError, UsageError
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from causalclip_cli.datasets import Dataset, Sample
-    from causalclip_cli.experiment import FeatureSet
+    from causalclip_cli.inputs.datasets import Dataset, Sample
+    from causalclip_cli.training.experiment import FeatureSet
 
 META_KEY = b"causalclip_features"
 SHARD_ROWS = 50_000
@@ -161,13 +161,13 @@ class FeatureStore:
             )
 
     def dataset(self, subsets: list[str] | None = None) -> Dataset:
-        from causalclip_cli.datasets import Dataset, _select_generators
+        from causalclip_cli.inputs.datasets import Dataset, _select_generators
 
         samples = _select_generators(self.samples, subsets) if subsets else list(self.samples)
         return Dataset(root=self.source, layout=f"features ({self.meta.get('layout', '?')})", samples=samples)
 
     def features(self, samples: list[Sample]) -> FeatureSet:
-        from causalclip_cli.experiment import FeatureSet
+        from causalclip_cli.training.experiment import FeatureSet
 
         row = {s.path: i for i, s in enumerate(self.samples)}
         idx = [row[s.path] for s in samples]
@@ -177,7 +177,7 @@ class FeatureStore:
 
 def open_features(source: str | os.PathLike) -> FeatureStore:
     """Read Parquet features written by `causalclip embed`."""
-    from causalclip_cli.datasets import Sample
+    from causalclip_cli.inputs.datasets import Sample
 
     table = read_table(source)
     raw = (table.schema.metadata or {}).get(META_KEY)

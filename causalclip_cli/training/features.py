@@ -134,7 +134,7 @@ def extract_features(
     With a multi-view recipe (`preprocess.views` = V > 1) every image yields V rows, cached under
     `<sha256>#<view>`, and `features` is [n_ok, V, d].
     """
-    from causalclip_cli.data import make_loader
+    from causalclip_cli.inputs.data import make_loader
 
     views = int(getattr(preprocess, "views", 1))
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from causalclip_cli.heads import Head, make_head
+from causalclip_cli.model.heads import Head, make_head
 
 
 @dataclass
@@ -42,7 +42,7 @@ EpochCallback = Callable[[dict], None]
 
 
 def _evaluate(head: Head, x: torch.Tensor, y: np.ndarray, batch: int = 4096) -> dict:
-    from causalclip_cli.metrics import binary_metrics
+    from causalclip_cli.training.metrics import binary_metrics
 
     head.eval()
     with torch.inference_mode():

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from PIL import Image, PngImagePlugin
 
-from causalclip_cli.data import ScanDataset, decode_image
-from causalclip_cli.preprocess import Preprocess
-from causalclip_cli.provenance import PROVENANCE_KEYS, SAYS, read_provenance, short_evidence, summarise_c2pa
+from causalclip_cli.evidence.provenance import PROVENANCE_KEYS, SAYS, read_provenance, short_evidence, summarise_c2pa
+from causalclip_cli.inputs.data import ScanDataset, decode_image
+from causalclip_cli.model.preprocess import Preprocess
 
 
 def _prov(data: bytes, fmt: str) -> dict:
@@ -135,7 +135,7 @@ def test_c2pa_reading_stays_offline_and_quick(provenance_dir: Path) -> None:
     fixture in a fresh process takes seconds (a network attempt without network would hang or fail)."""
     code = (
         "import json, sys, c2pa\n"
-        "from causalclip_cli.provenance import C2PA_SETTINGS\n"
+        "from causalclip_cli.evidence.provenance import C2PA_SETTINGS\n"
         "ctx = c2pa.Context(c2pa.Settings.from_dict(C2PA_SETTINGS))\n"
         "with open(sys.argv[1], 'rb') as fp:\n"
         "    store = json.loads(c2pa.Reader('image/jpeg', fp, context=ctx).json())\n"

@@ -1,4 +1,4 @@
-"""Discovery, content sniffing, safe decoding and batching (causalclip_cli.data)."""
+"""Discovery, content sniffing, safe decoding and batching (causalclip_cli.inputs.data)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from causalclip_cli import data
-from causalclip_cli.data import (
+from causalclip_cli.errors import ImageError, UsageError
+from causalclip_cli.inputs import data
+from causalclip_cli.inputs.data import (
     NOT_AN_IMAGE,
     Decoded,
     NotAnImage,
@@ -28,10 +29,9 @@ from causalclip_cli.data import (
     read_path_list,
     sniff,
 )
-from causalclip_cli.errors import ImageError, UsageError
-from causalclip_cli.preprocess import Preprocess
+from causalclip_cli.model.preprocess import Preprocess
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 

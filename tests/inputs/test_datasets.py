@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from causalclip_cli.datasets import (
+from causalclip_cli.errors import CausalClipError, DataError
+from causalclip_cli.inputs.datasets import (
     Dataset,
     Sample,
     discover_dataset,
@@ -19,9 +20,8 @@ from causalclip_cli.datasets import (
     make_splits,
     write_manifest,
 )
-from causalclip_cli.errors import CausalClipError, DataError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data not found at {SHARED}")
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from causalclip_cli import offline
-from causalclip_cli.backbones import (
+from causalclip_cli.errors import BackboneError
+from causalclip_cli.model import offline
+from causalclip_cli.model.backbones import (
     SOURCE_LOCAL,
     SOURCE_OFFLINE,
     SOURCE_OPEN_CLIP,
@@ -17,7 +18,6 @@ from causalclip_cli.backbones import (
     load_backbone,
     locate,
 )
-from causalclip_cli.errors import BackboneError
 
 TINY = "causalclip-tiny"
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from causalclip_cli.backbones import BackboneSpec, locate
-from causalclip_cli.checkpoint import (
+from causalclip_cli.errors import CheckpointError
+from causalclip_cli.model.backbones import BackboneSpec, locate
+from causalclip_cli.model.checkpoint import (
     Decision,
     build_metadata,
     check_compatible,
@@ -20,8 +21,7 @@ from causalclip_cli.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from causalclip_cli.errors import CheckpointError
-from causalclip_cli.heads import make_head
+from causalclip_cli.model.heads import make_head
 
 
 @pytest.mark.parametrize("kind", ["causalclip", "linear"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from causalclip_cli.heads import (
+from causalclip_cli.model.heads import (
     CausalHead,
     LinearHead,
     bernoulli_kl,

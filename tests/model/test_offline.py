@@ -27,11 +27,11 @@ import numpy as np
 import pytest
 import torch
 
-from causalclip_cli import offline
+from causalclip_cli.model import offline
 
 pytestmark = pytest.mark.real
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 THUMBS = DATA / "forensynths-thumbs"
 PROBE_IMAGE = THUMBS / "biggan" / "0_real"
 N_LAYERS = 12
@@ -86,7 +86,7 @@ def _preprocess(path: Path) -> np.ndarray:
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
     from PIL import Image
 
-    from causalclip_cli.preprocess import Preprocess
+    from causalclip_cli.model.preprocess import Preprocess
 
     pre = Preprocess(224, tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD))
     with Image.open(path) as img:

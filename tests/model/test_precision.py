@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from causalclip_cli.backbones import BackboneSpec, load_backbone
-from causalclip_cli.checkpoint import load_detector
 from causalclip_cli.cli import app
 from causalclip_cli.errors import UsageError
-from causalclip_cli.precision import autocast_dtype, int8_layer_count, quantize_int8, resolve_precision
+from causalclip_cli.model.backbones import BackboneSpec, load_backbone
+from causalclip_cli.model.checkpoint import load_detector
+from causalclip_cli.model.precision import autocast_dtype, int8_layer_count, quantize_int8, resolve_precision
 
 
 def test_resolve_precision_per_device() -> None:

@@ -10,16 +10,16 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from causalclip_cli.adversarial import (
+from causalclip_cli.cli import app
+from causalclip_cli.errors import CheckpointError, UsageError
+from causalclip_cli.robustness.adversarial import (
     AttackConfig,
     attack,
     logits_from_pixels,
     perturbation_stats,
     probabilities,
 )
-from causalclip_cli.cli import app
-from causalclip_cli.errors import CheckpointError, UsageError
-from causalclip_cli.purify import (
+from causalclip_cli.robustness.purify import (
     BlurPurifier,
     JpegPurifier,
     MedianPurifier,
@@ -40,7 +40,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def tiny(tiny_checkpoint: Path):
-    from causalclip_cli.checkpoint import load_detector
+    from causalclip_cli.model.checkpoint import load_detector
 
     return load_detector(str(tiny_checkpoint), device="cpu")
 
@@ -280,8 +280,8 @@ def test_eval_attack_cli(tiny_dataset: Path, tiny_checkpoint: Path) -> None:
 
 @pytest.mark.real
 def test_pgd_flips_most_verdicts_of_released_head(shared_data: Path) -> None:
-    from causalclip_cli.adversarial import load_pixels
-    from causalclip_cli.checkpoint import load_detector
+    from causalclip_cli.model.checkpoint import load_detector
+    from causalclip_cli.robustness.adversarial import load_pixels
 
     det = load_detector("causalclip-vitb16", device="cpu")
     # Generated images from a source the released head never saw (modern-2025), plus held-out reals.

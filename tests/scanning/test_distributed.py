@@ -24,7 +24,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module", autouse=True)
 def ray_local():
     """One local Ray for the module; workers import this checkout (init_ray passes PYTHONPATH on)."""
-    from causalclip_cli.distributed import RayOptions, init_ray
+    from causalclip_cli.scanning.distributed import RayOptions, init_ray
 
     if ray.is_initialized():
         ray.shutdown()
@@ -109,7 +109,7 @@ def test_a_dying_actor_loses_no_record_and_parquet_shards(images: Path, tiny_che
     """The detector actor os._exit()s on its first batch; Ray restarts it and re-runs the batch."""
     import pyarrow.parquet as pq
 
-    from causalclip_cli.distributed import DIE_ONCE_ENV
+    from causalclip_cli.scanning.distributed import DIE_ONCE_ENV
 
     local, threshold = local_run
     marker = tmp_path / "died"
@@ -164,7 +164,7 @@ def test_ray_scan_reads_uris(images: Path, tiny_checkpoint: Path, local_run: tup
 
 
 def test_embed_train_eval_through_parquet(tmp_path: Path, tiny_checkpoint: Path) -> None:
-    from causalclip_cli.feature_store import open_features
+    from causalclip_cli.training.feature_store import open_features
 
     rng = np.random.default_rng(1)
     for cls, mean in (("real", 70), ("fake", 180)):
@@ -230,7 +230,7 @@ def test_parquet_shards_are_committed_whole(tmp_path: Path) -> None:
     """A folder DEST appears only at commit (replacing an older one); an aborted run leaves nothing."""
     import pyarrow.parquet as pq
 
-    from causalclip_cli.feature_store import ShardWriter, feature_schema
+    from causalclip_cli.training.feature_store import ShardWriter, feature_schema
 
     dest = tmp_path / "feats"
     schema = feature_schema(2, {"backbone_id": "b", "variant": "v", "embed_dim": 2})

@@ -12,7 +12,7 @@ import stat
 import pytest
 
 from causalclip_cli.errors import UsageError
-from causalclip_cli.output import (
+from causalclip_cli.scanning.output import (
     CSV_FIELDS,
     FIELDS,
     FORMATS,

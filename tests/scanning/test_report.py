@@ -19,7 +19,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from causalclip_cli.cli import app
-from causalclip_cli.report import ReportOptions, ReportStats, build_report, load_results, write_report
+from causalclip_cli.scanning.report import ReportOptions, ReportStats, build_report, load_results, write_report
 
 runner = CliRunner()
 
@@ -126,7 +126,7 @@ def test_write_report_is_atomic_and_cli(tmp_path: Path) -> None:
     res = runner.invoke(app, ["report", str(tmp_path / "missing.jsonl"), "-o", str(out)])
     assert res.exit_code == 2 and "cannot read" in res.output
     # Killed while writing: the old page stays whole and no temporary file is left behind.
-    import causalclip_cli.output as output
+    import causalclip_cli.scanning.output as output
 
     real = output.atomic_output
 

@@ -15,10 +15,10 @@ from PIL import Image, PngImagePlugin
 from typer.testing import CliRunner
 
 from causalclip_cli.cli import app
-from causalclip_cli.data import HARD_MAX_PIXELS, ScanDataset, decode_image
 from causalclip_cli.errors import ImageError, UsageError
-from causalclip_cli.preprocess import Preprocess
-from causalclip_cli.scan import parse_fail_on
+from causalclip_cli.inputs.data import HARD_MAX_PIXELS, ScanDataset, decode_image
+from causalclip_cli.model.preprocess import Preprocess
+from causalclip_cli.scanning.scan import parse_fail_on
 
 runner = CliRunner()
 

@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from causalclip_cli.checkpoint import load_detector, read_metadata
 from causalclip_cli.cli import app
-from causalclip_cli.preprocess import Preprocess
-from causalclip_cli.taps import FeatureSpec, forward_layers, parse_layers, select_layers, tower_shape
-from causalclip_cli.training import TrainConfig, train_head
+from causalclip_cli.model.checkpoint import load_detector, read_metadata
+from causalclip_cli.model.preprocess import Preprocess
+from causalclip_cli.model.taps import FeatureSpec, forward_layers, parse_layers, select_layers, tower_shape
+from causalclip_cli.training.trainer import TrainConfig, train_head
 
 runner = CliRunner()
 TINY = ["--backbone", "causalclip-tiny", "--pretrained", "none"]
@@ -76,7 +76,7 @@ def test_layer_syntax() -> None:
 
 
 def test_forward_layers_one_pass_matches_the_tower() -> None:
-    from causalclip_cli.backbones import BackboneSpec, load_backbone
+    from causalclip_cli.model.backbones import BackboneSpec, load_backbone
 
     tower = load_backbone(BackboneSpec("causalclip-tiny", "none")).tower
     shape = tower_shape(tower)
@@ -107,7 +107,7 @@ def test_training_draws_one_augmented_view_per_epoch() -> None:
 
 
 def test_weighted_layers_learn_per_layer_weights() -> None:
-    from causalclip_cli.heads import make_head
+    from causalclip_cli.model.heads import make_head
 
     head = make_head("causalclip", 96, {"segments": [32, 64], "combine": "weighted", "mask_hidden": 8,
                                         "cls_hidden": 8, "adv_hidden": 8})
@@ -156,7 +156,7 @@ def test_crop_layers_and_augmented_views_round_trip(sized_tree: Path, tmp_path: 
     det = load_detector(str(ckpt), device="cpu")
     assert det.model_id.endswith(":5crops")
     files = sorted(str(p) for p in sized_tree.rglob("*.png"))[:3]
-    from causalclip_cli.data import make_loader
+    from causalclip_cli.inputs.data import make_loader
 
     batch = next(iter(make_loader(files, det.preprocess, 3, 0)))
     assert batch.views == 5 and tuple(batch.tensor.shape) == (15, 3, 32, 32)
@@ -235,7 +235,7 @@ def test_real_crop_path_ranks_held_out_modern_images(shared_data: Path, tmp_path
     generators it never saw (the release's test split): better than chance, with real ViT-B/16 features."""
     import csv
 
-    manifest = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "release-manifest.csv"
+    manifest = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "release-manifest.csv"
     rows = [r for r in csv.DictReader(manifest.open()) if r["split"] == "test" and r["generator"].startswith("modern")]
     reals = sorted(r["path"] for r in rows if r["label"] == "0")[:6]
     fakes = sorted(r["path"] for r in rows if r["label"] == "1")[:6]

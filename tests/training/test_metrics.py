@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from causalclip_cli.metrics import binary_metrics, per_group_metrics, threshold_at_fpr, tpr_at_fpr
+from causalclip_cli.training.metrics import binary_metrics, per_group_metrics, threshold_at_fpr, tpr_at_fpr
 
 KEYS = {
     "n",

@@ -13,11 +13,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from causalclip_cli.checkpoint import load_head, read_metadata
 from causalclip_cli.cli import app
-from causalclip_cli.features import FeatureCache, extract_features
-from causalclip_cli.preprocess import Preprocess
-from causalclip_cli.training import TrainConfig, train_head
+from causalclip_cli.model.checkpoint import load_head, read_metadata
+from causalclip_cli.model.preprocess import Preprocess
+from causalclip_cli.training.features import FeatureCache, extract_features
+from causalclip_cli.training.trainer import TrainConfig, train_head
 
 runner = CliRunner()
 TINY = ["--backbone", "causalclip-tiny", "--pretrained", "none"]
@@ -167,7 +167,7 @@ def test_feature_cache_second_run_extracts_nothing(forensynths_tree: Path, tmp_p
 
 
 def test_killed_extraction_resumes(forensynths_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import causalclip_cli.features as features
+    import causalclip_cli.training.features as features
 
     monkeypatch.setattr(features, "SHARD_SIZE", 8)
     paths = sorted(str(p) for p in forensynths_tree.rglob("*.jpg"))
@@ -249,7 +249,7 @@ def test_paper_setting_commands_with_a_local_stand_in_for_vit_l14(shared_data: P
     whose weights sit in a local Hugging Face cache: open_clip's download path, with no network."""
     from safetensors.torch import save_file
 
-    from causalclip_cli.backbones import BackboneSpec, load_backbone
+    from causalclip_cli.model.backbones import BackboneSpec, load_backbone
 
     tower = load_backbone(BackboneSpec("causalclip-tiny", "none"), seed=7).tower
     weights = tmp_path / "stand-in.safetensors"
