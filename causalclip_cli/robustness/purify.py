@@ -31,55 +31,14 @@ from torch import nn
 from causalclip_cli import __version__
 from causalclip_cli.errors import CheckpointError, UsageError
 from causalclip_cli.model.checkpoint import Detector
-from causalclip_cli.model.preprocess import Preprocess
+from causalclip_cli.robustness.primitives import Purifier, normalise, to_unit  # noqa: F401 - re-exported
 
 PURIFIER_KEY = "causalclip-purifier"
 PURIFIER_FORMAT = 1
 METHODS = ("jpeg[:Q]", "blur[:SIGMA]", "rescale[:FACTOR]", "median[:K]", "learned:PATH")
 
 
-# --------------------------------------------------------------------------- pixels ↔ tower input
-
-
-def _stats(pre: Preprocess, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    mean = torch.tensor(pre.mean, dtype=like.dtype, device=like.device).view(1, 3, 1, 1)
-    std = torch.tensor(pre.std, dtype=like.dtype, device=like.device).view(1, 3, 1, 1)
-    return mean, std
-
-
-def to_unit(normalised: torch.Tensor, pre: Preprocess) -> torch.Tensor:
-    """Tower input (normalised with the recipe's mean/std) → [0, 1] pixels."""
-    mean, std = _stats(pre, normalised)
-    return (normalised * std + mean).clamp(0.0, 1.0)
-
-
-def normalise(pixels: torch.Tensor, pre: Preprocess) -> torch.Tensor:
-    """[0, 1] pixels → tower input, with the mean/std recorded in the checkpoint's preprocessing."""
-    mean, std = _stats(pre, pixels)
-    return (pixels - mean) / std
-
-
 # --------------------------------------------------------------------------- purifiers
-
-
-class Purifier:
-    """Base class: `__call__` purifies (no gradient needed); `for_attack` is what an adaptive attack sees."""
-
-    name: str = "identity"
-    differentiable: bool = True
-
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.apply(x).clamp(0.0, 1.0)
-
-    def for_attack(self, x: torch.Tensor) -> torch.Tensor:
-        if self.differentiable:
-            return self.apply(x).clamp(0.0, 1.0)
-        # BPDA: the forward pass is the real purifier, the backward pass treats it as the identity.
-        return x + (self(x) - x).detach()
 
 
 class JpegPurifier(Purifier):
@@ -326,7 +285,7 @@ def _relative_feature_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _features(detector: Detector, pixels: torch.Tensor, net: PurifierNet | None = None,
               batch_size: int = 16) -> torch.Tensor:
-    from causalclip_cli.robustness.adversarial import features_from_pixels
+    from causalclip_cli.robustness.primitives import features_from_pixels
 
     out = []
     for i in range(0, pixels.shape[0], batch_size):
@@ -346,7 +305,7 @@ def train_purifier(detector: Detector, pixels: torch.Tensor, config: PurifierTra
     reads. Returns the net (eval mode, CPU) and a training summary."""
     import time
 
-    from causalclip_cli.robustness.adversarial import AttackConfig, attack, features_from_pixels, probabilities
+    from causalclip_cli.robustness.primitives import AttackConfig, attack, features_from_pixels, probabilities
 
     cfg = config or PurifierTrainConfig()
     start = time.perf_counter()

@@ -11,21 +11,13 @@ from typing import TextIO
 import numpy as np
 
 from causalclip_cli.errors import DataError, UsageError
+from causalclip_cli.training.feature_store import FeatureSet
 
 
 def _console():  # noqa: ANN202
     from rich.console import Console
 
     return Console(stderr=True, highlight=False)
-
-
-@dataclass
-class FeatureSet:
-    x: np.ndarray
-    y: np.ndarray
-    groups: list[str]
-    paths: list[str]
-    failed: list[tuple[str, str]] = field(default_factory=list)
 
 
 def dataset_features(samples: list, embed, preprocess, backbone_id: str, *, cache_dir: Path | None,  # noqa: ANN001

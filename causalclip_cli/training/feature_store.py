@@ -14,7 +14,7 @@ import json
 import os
 import secrets
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,11 +26,19 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from causalclip_cli.inputs.datasets import Dataset, Sample
-    from causalclip_cli.training.experiment import FeatureSet
 
 META_KEY = b"causalclip_features"
 SHARD_ROWS = 50_000
 PYARROW_HINT = 'install the extra: pip install "causalclip[ray]"'
+
+
+@dataclass
+class FeatureSet:
+    x: np.ndarray
+    y: np.ndarray
+    groups: list[str]
+    paths: list[str]
+    failed: list[tuple[str, str]] = field(default_factory=list)
 
 
 def require_pyarrow():  # noqa: ANN201 - the pyarrow module
@@ -167,8 +175,6 @@ class FeatureStore:
         return Dataset(root=self.source, layout=f"features ({self.meta.get('layout', '?')})", samples=samples)
 
     def features(self, samples: list[Sample]) -> FeatureSet:
-        from causalclip_cli.training.experiment import FeatureSet
-
         row = {s.path: i for i, s in enumerate(self.samples)}
         idx = [row[s.path] for s in samples]
         return FeatureSet(self.x[idx], np.array([s.label for s in samples], dtype=np.int64),
