@@ -141,6 +141,7 @@ def test_graph_sees_lazy_and_relative_imports() -> None:
     assert "causalclip_cli.inputs.data" in graph["causalclip_cli.scanning.scan"]
     assert "causalclip_cli.cli" in graph["causalclip_cli.__main__"]
     assert len(graph) > 30
+    assert "causalclip_cli.api" in graph[FACADE]
 
 
 def test_no_import_circles() -> None:
