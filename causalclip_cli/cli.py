@@ -34,7 +34,7 @@ app = typer.Typer(
     help="Forensic scanner for AI-generated images: a CausalCLIP head over a frozen CLIP image encoder.\n\n"
     + EXIT_CODES_HELP,
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -72,6 +72,28 @@ class HeadKind(str, Enum):
 class Engine(str, Enum):
     local = "local"
     ray = "ray"
+
+
+def _complete_checkpoint(incomplete: str) -> list[tuple[str, str]]:
+    """Shell completion of --checkpoint: the released checkpoint names, and .safetensors files (and folders)
+    once a path is being typed. Light: no torch, no model."""
+    from causalclip_cli.model.checkpoint import available_checkpoints
+
+    out = [(name, "released checkpoint") for name in available_checkpoints() if name.startswith(incomplete)]
+    if incomplete.startswith((".", "/", "~")) or os.sep in incomplete:
+        folder, sep, prefix = incomplete.rpartition(os.sep)
+        try:
+            entries = sorted(Path(os.path.expanduser(folder + sep or ".")).iterdir())
+        except OSError:
+            entries = []
+        for entry in entries:
+            if not entry.name.startswith(prefix) or (entry.name.startswith(".") and not prefix.startswith(".")):
+                continue
+            if entry.is_dir():
+                out.append((folder + sep + entry.name + os.sep, "folder"))
+            elif entry.suffix == ".safetensors":
+                out.append((folder + sep + entry.name, "checkpoint file"))
+    return out
 
 
 def _stderr():  # noqa: ANN202 - rich Console, imported lazily
@@ -144,7 +166,8 @@ def _device(spec: str) -> str:
 @app.command()
 @_interruptible
 def info(
-    checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c", help="Checkpoint path or name.")] = None,
+    checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c", autocompletion=_complete_checkpoint,
+                                                   help="Checkpoint path or name.")] = None,
     backbone_weights: Annotated[str | None, typer.Option(help="Local backbone weights file.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object with stable keys.")] = False,
 ) -> None:
@@ -170,7 +193,7 @@ def info(
 @_interruptible
 def scan(
     paths: Annotated[list[str], typer.Argument(help="Files and folders; '-' reads paths from stdin.")],
-    checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c",
+    checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c", autocompletion=_complete_checkpoint,
                                                    help="Checkpoint path or released name.")] = None,
     threshold: Annotated[float | None, typer.Option(min=0.0, max=1.0,
                                                     help="Fake threshold (default: the checkpoint's).")] = None,
@@ -461,7 +484,7 @@ def train(
 def evaluate(
     data: Annotated[Path | None, typer.Option("--data", "-d", help="Dataset folder (layout auto-detected) or CSV.")
                     ] = None,
-    checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c")] = None,
+    checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c", autocompletion=_complete_checkpoint)] = None,
     split: Annotated[str | None, typer.Option(help="Split to evaluate (default: test, else val, else all).")
                      ] = None,
     subset: Annotated[list[str] | None, typer.Option(help="Generators to use (repeatable).")] = None,
@@ -574,7 +597,7 @@ def embed(
 def calibrate(
     data: Annotated[Path, typer.Option("--data", "-d", help="Dataset with held-out real images.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Calibrated copy of the checkpoint.")],
-    checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c")] = None,
+    checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c", autocompletion=_complete_checkpoint)] = None,
     target_fpr: Annotated[float, typer.Option(min=0.0, max=1.0, help="False-positive rate on real images.")
                           ] = 0.01,
     band_fpr: Annotated[str | None, typer.Option(help="Abstain band as two FPRs on real images, e.g. 0.15:0.01.")
@@ -609,7 +632,7 @@ def calibrate(
 def train_purifier_cmd(
     paths: Annotated[list[str], typer.Argument(help="Clean training images: files and folders (no labels needed).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Purifier file to write (.safetensors).")],
-    checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c",
+    checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c", autocompletion=_complete_checkpoint,
                                                    help="Detector the training attacks are crafted on.")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Use at most N images (evenly spread).")] = None,
     eps: Annotated[str, typer.Option(help="Attack budgets of the training pairs, 1/255 units, comma-separated.")
