@@ -6,6 +6,7 @@ open_clip) are imported inside commands so `causalclip --help` starts instantly.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -154,6 +155,17 @@ def _parse_band(text: str | None) -> tuple[float, float] | tuple[()] | None:
     return (low, high)
 
 
+def _check_resume(output: str | None, fmt: Fmt | None, engine: Engine) -> None:
+    """--resume continues a JSON Lines file written by the local engine."""
+    if output is None:
+        raise UsageError("--resume needs --output FILE: the JSONL file of the scan to continue")
+    if fmt is not None and fmt != Fmt.jsonl:
+        raise UsageError(f"--resume works with --format jsonl only, not {fmt.value}",
+                         hint="JSON Lines can be appended to record by record; JSON, CSV and table cannot")
+    if engine == Engine.ray:
+        raise UsageError("--resume is not available with --engine ray", hint="resume with --engine local")
+
+
 def _device(spec: str) -> str:
     from causalclip_cli.settings import resolve_device
 
@@ -203,6 +215,9 @@ def scan(
     fmt: Annotated[Fmt | None, typer.Option("--format", "-f",
                                             help="Default: table on a terminal, jsonl otherwise.")] = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="Write results to FILE (atomic).")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue an interrupted scan: keep the records already in --output (JSONL), scan only "
+                         "the other files and append to it.")] = False,
     recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Descend into folders.")] = True,
     null: Annotated[bool, typer.Option("-0", "--null", help="Paths on stdin are NUL-separated.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
@@ -244,6 +259,8 @@ def scan(
         from causalclip_cli.scanning.scan import parse_fail_on
 
         parse_fail_on(fail_on)
+        if resume:
+            _check_resume(output, fmt, engine)
         from causalclip_cli.inputs.data import discover, read_path_list
 
         inputs = [p for p in paths if p != "-"]
@@ -276,6 +293,13 @@ def scan(
             from causalclip_cli.robustness.purify import parse_purifier, with_purifier
 
             detector = with_purifier(detector, parse_purifier(purify, dev))
+        done = None
+        if resume:
+            from causalclip_cli.scanning.resume import check_same_run, read_done
+
+            done = read_done(output)
+            check_same_run(done, detector.model_id, detector.decision.threshold if threshold is None else threshold,
+                           output)
     except CausalClipError as exc:
         raise _fail(exc) from None
 
@@ -294,13 +318,27 @@ def scan(
     kept: list[dict] | None = [] if html is not None else None
     summary = ScanSummary()
     err = _stderr()
-    total = len(found.files)
     if not found.files and not found.errors:
         err.print("warning: no files found under the given paths")
+    if done is not None:
+        # --resume: the earlier records count in the summary (and the report); their paths are not scanned again.
+        for rec in done.records:
+            summary.add(rec)
+        summary.resumed = len(done.records)
+        if kept is not None:
+            kept.extend(rec.to_dict() for rec in done.records)
+        seen = done.paths
+        found = dataclasses.replace(found, files=[f for f in found.files if f not in seen],
+                                    errors=[e for e in found.errors if e[0] not in seen])
+        tail = "; a truncated last line is dropped and its file scanned again" if done.dropped_tail else ""
+        sys.stderr.write(f"resuming {output}: {len(done.records):,} record(s) kept, {len(found.files):,} file(s) "
+                         f"to scan{tail}\n")
+    total = len(found.files)
     thr = detector.decision.threshold if threshold is None else threshold
 
     def run(stream) -> None:  # noqa: ANN001
         writer = make_writer((fmt.value if fmt else default_format(stream)), stream)
+        commit = getattr(stream, "commit", None)  # --resume: whole lines reach the file batch by batch
 
         def emit(records) -> None:  # noqa: ANN001
             # Discovery's error records (broken symlinks, ...) come in the same path order as the rest.
@@ -317,17 +355,28 @@ def scan(
                 with Progress("scanning", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                               console=err, transient=True) as bar:
                     task = bar.add_task("scan", total=total)
-                    emit(scan_records(detector, found.files, found.explicit, opts, summary,
-                                      lambda n: bar.advance(task, n)))
+
+                    def advance(n: int) -> None:
+                        bar.advance(task, n)
+                        if commit is not None:
+                            commit()
+
+                    emit(scan_records(detector, found.files, found.explicit, opts, summary, advance))
             else:
-                emit(scan_records(detector, found.files, found.explicit, opts, summary))
+                emit(scan_records(detector, found.files, found.explicit, opts, summary,
+                                  (lambda n: commit()) if commit is not None else None))
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:
             writer.close()
 
     try:
-        if output is not None:
+        if output is not None and done is not None:
+            from causalclip_cli.scanning.resume import AppendStream
+
+            with AppendStream(output, done.keep_bytes) as fh:
+                run(fh)
+        elif output is not None:
             from causalclip_cli.scanning.output import atomic_output
 
             with atomic_output(output) as fh:

@@ -409,6 +409,8 @@ class ScanSummary:
     interrupted: bool = False
     # What the files' metadata says (provenance.says → count), for records that carry provenance.
     provenance: dict[str, int] = field(default_factory=dict)
+    # Records kept from an earlier run (`scan --resume`): counted above, not in `seconds`.
+    resumed: int = 0
 
     def add(self, record: ScanRecord) -> None:
         """Account for one record (error or result)."""
@@ -435,8 +437,8 @@ class ScanSummary:
 
     @property
     def images_per_second(self) -> float:
-        """Processed files per wall-clock second (0.0 before any time has elapsed)."""
-        return self.total / self.seconds if self.seconds > 0 else 0.0
+        """Processed files per wall-clock second (0.0 before any time has elapsed); resumed records excluded."""
+        return (self.total - self.resumed) / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict:
         """JSON-ready summary."""
@@ -450,6 +452,7 @@ class ScanSummary:
             "histogram": list(self.histogram),
             "interrupted": self.interrupted,
             "provenance": dict(self.provenance),
+            "resumed": self.resumed,
         }
 
 
@@ -479,6 +482,10 @@ def _can_encode(text: str, stream: TextIO) -> bool:
 def render_summary(summary: ScanSummary, stream: TextIO) -> None:
     """Human-readable summary (plain text, meant for stderr): counts, throughput, histogram."""
     lines = [f"{summary.total:,} image(s) in {summary.seconds:.1f} s ({summary.images_per_second:.1f} images/s)"]
+    if summary.resumed:
+        new = summary.total - summary.resumed
+        lines = [f"{summary.total:,} image(s): {summary.resumed:,} from the earlier run, {new:,} scanned in "
+                 f"{summary.seconds:.1f} s ({summary.images_per_second:.1f} images/s)"]
     others = [k for k in summary.counts if k not in LABELS]
     rows = [(k, summary.counts.get(k, 0)) for k in (*LABELS, *others)]
     rows += [("errors", summary.errors), ("skipped", summary.skipped)]
