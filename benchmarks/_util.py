@@ -126,9 +126,9 @@ def make_checkpoint(tmp_dir: Path, tiny: bool) -> tuple[Path, str]:
         return RELEASED_CHECKPOINT, "released"
     import torch
 
-    from causalclip_cli.backbones import BackboneSpec, locate
-    from causalclip_cli.checkpoint import Decision, build_metadata, save_checkpoint
-    from causalclip_cli.heads import make_head
+    from causalclip_cli.model.backbones import BackboneSpec, locate
+    from causalclip_cli.model.checkpoint import Decision, build_metadata, save_checkpoint
+    from causalclip_cli.model.heads import make_head
 
     torch.manual_seed(0)
     if tiny:

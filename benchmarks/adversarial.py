@@ -7,7 +7,7 @@ Held-out images the released heads never trained or calibrated on (the test spli
 faces-2025 in benchmarks/results/release-manifest.csv, and web-sd / multigen-2022 files outside it), a
 deterministic class-balanced sample. Every image is attacked toward the verdict opposite of its label
 (generated → real, real → fake), white-box L∞ PGD through preprocessing, backbone and head
-(library: causalclip_cli.adversarial).
+(library: causalclip_cli.robustness.adversarial).
 
 Stages (results are written after each, so a cut-off run keeps what it measured):
 1. the learned purifier: trained on PGD examples of *training* images (release manifest) against the
@@ -131,16 +131,22 @@ def main() -> None:
         return
     apply_threads(args.threads)
 
-    from causalclip_cli.adversarial import AttackConfig, attack, condition_report, load_pixels, perturbation_stats
-    from causalclip_cli.checkpoint import Detector, load_detector, load_head
-    from causalclip_cli.metrics import binary_metrics
-    from causalclip_cli.purify import (
+    from causalclip_cli.model.checkpoint import Detector, load_detector, load_head
+    from causalclip_cli.robustness.adversarial import (
+        AttackConfig,
+        attack,
+        condition_report,
+        load_pixels,
+        perturbation_stats,
+    )
+    from causalclip_cli.robustness.purify import (
         PurifierTrainConfig,
         normalise,
         parse_purifier,
         save_purifier,
         train_purifier,
     )
+    from causalclip_cli.training.metrics import binary_metrics
 
     t0 = time.perf_counter()
     det_c = load_detector(str(REPO / "weights" / "causalclip-vitb16.safetensors"), device="cpu")
@@ -181,7 +187,7 @@ def main() -> None:
     # ---- stage 1: the learned purifier is needed by every later stage (or reuse one: --purifier)
     ts = time.perf_counter()
     if args.purifier:
-        from causalclip_cli.purify import load_purifier
+        from causalclip_cli.robustness.purify import load_purifier
 
         purifier_path = args.purifier
         results["purifier_training"] = load_purifier(purifier_path).metadata.get("training")

@@ -113,7 +113,7 @@ def _int8_paths(tower, batch0):  # noqa: ANN001, ANN202
 
     paths: dict = {}
     errors: dict = {}
-    from causalclip_cli.precision import quantize_int8
+    from causalclip_cli.model.precision import quantize_int8
 
     paths["int8-pertoken"] = quantize_int8(copy.deepcopy(tower))
     try:
@@ -158,7 +158,7 @@ def int8_study(args: argparse.Namespace) -> None:
     from PIL import Image
     from sklearn.metrics import average_precision_score
 
-    from causalclip_cli.checkpoint import load_detector, load_head
+    from causalclip_cli.model.checkpoint import load_detector, load_head
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -259,7 +259,7 @@ def main() -> None:
     import torch
     from sklearn.metrics import average_precision_score
 
-    from causalclip_cli.checkpoint import load_detector
+    from causalclip_cli.model.checkpoint import load_detector
 
     det = load_detector(str(RELEASED_CHECKPOINT), device="cpu", allow_download=False)
     tower, head, pre = det.backbone.tower.eval(), det.head.eval(), det.preprocess

@@ -34,7 +34,7 @@ def mark(name):
     now = time.perf_counter(); out[name] = round(now - last, 3); last = now
 import torch; mark("import torch")
 import open_clip; mark("import open_clip")
-from causalclip_cli.checkpoint import load_detector
+from causalclip_cli.model.checkpoint import load_detector
 det = load_detector(None, device="cpu", allow_download=False); mark("load_detector")
 det.probabilities(torch.zeros(1, 3, 224, 224)); mark("first forward, 1 image")
 det.probabilities(torch.zeros(8, 3, 224, 224)); mark("next forward, 8 images")

@@ -64,9 +64,9 @@ def build_detector(model: str, device: str, precision: str):  # noqa: ANN201
     import open_clip
     import torch
 
-    from causalclip_cli.backbones import Backbone, BackboneInfo, _preprocess_for, _register_configs
-    from causalclip_cli.checkpoint import Detector
-    from causalclip_cli.heads import make_head
+    from causalclip_cli.model.backbones import Backbone, BackboneInfo, _preprocess_for, _register_configs
+    from causalclip_cli.model.checkpoint import Detector
+    from causalclip_cli.model.heads import make_head
 
     _register_configs()
     torch.manual_seed(0)
@@ -109,8 +109,8 @@ def ceiling(det, batch: int, min_seconds: float, device: str) -> dict[str, Any]:
 
 
 def end_to_end(det, files: list[str], batch: int, workers: int) -> dict[str, Any]:  # noqa: ANN001
-    from causalclip_cli.output import ScanSummary
-    from causalclip_cli.scan import ScanOptions, scan_records
+    from causalclip_cli.scanning.output import ScanSummary
+    from causalclip_cli.scanning.scan import ScanOptions, scan_records
 
     summary = ScanSummary()
     t0 = time.perf_counter()

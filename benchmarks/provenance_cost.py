@@ -65,8 +65,8 @@ def _provenance_alone(files: list[str], rounds: int) -> float:
     """Median ms per image of read_provenance on files opened and loaded beforehand (as the decoder has them)."""
     from PIL import Image
 
-    from causalclip_cli.data import _sniff_bytes
-    from causalclip_cli.provenance import read_provenance
+    from causalclip_cli.evidence.provenance import read_provenance
+    from causalclip_cli.inputs.data import _sniff_bytes
 
     opened = []
     for f in files:
@@ -91,8 +91,8 @@ def _provenance_alone(files: list[str], rounds: int) -> float:
 
 
 def measure(name: str, files: list[str], rounds: int) -> dict:
-    from causalclip_cli.data import ScanDataset, decode_image
-    from causalclip_cli.preprocess import Preprocess
+    from causalclip_cli.inputs.data import ScanDataset, decode_image
+    from causalclip_cli.model.preprocess import Preprocess
 
     pre = Preprocess(size=224, mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711))
     plain_ds = ScanDataset(files, pre)

@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sources import GAN_FAMILY, Source, load_sources  # noqa: E402
 
-from causalclip_cli.heads import CausalConfig  # noqa: E402
-from causalclip_cli.metrics import binary_metrics  # noqa: E402
-from causalclip_cli.training import TrainConfig, train_head  # noqa: E402
+from causalclip_cli.model.heads import CausalConfig  # noqa: E402
+from causalclip_cli.training.metrics import binary_metrics  # noqa: E402
+from causalclip_cli.training.trainer import TrainConfig, train_head  # noqa: E402
 
 # Chosen by protocol C (mean AP over held-out sources), see benchmarks/README.md.
 BENCH_TRAIN = TrainConfig(epochs=40, batch_size=256, lr=1e-3, patience=8)

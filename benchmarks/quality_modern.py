@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import BENCH_CAUSAL, BENCH_TRAIN, _holdout, _size_format_features  # noqa: E402
 from sources import DATA, all_groups, embed_variant  # noqa: E402
 
-from causalclip_cli.metrics import binary_metrics  # noqa: E402
-from causalclip_cli.training import TrainConfig, train_head  # noqa: E402
+from causalclip_cli.training.metrics import binary_metrics  # noqa: E402
+from causalclip_cli.training.trainer import TrainConfig, train_head  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ALL = tuple(range(13))
@@ -218,7 +218,7 @@ def released_reference(srcs: list[Src]) -> dict:
     the test sets of D."""
     from safetensors import safe_open  # noqa: F401 - fail early if missing
 
-    from causalclip_cli.checkpoint import load_head
+    from causalclip_cli.model.checkpoint import load_head
 
     out = {}
     for name in ("causalclip-vitb16", "linear-vitb16"):

@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from causalclip_cli.training import TrainConfig  # noqa: E402
+from causalclip_cli.training.trainer import TrainConfig  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MANIFEST = HERE / "results" / "release-manifest.csv"
@@ -87,8 +87,8 @@ class Data:
 def load() -> Data:
     from sources import embed_variant
 
-    from causalclip_cli.datasets import Sample
-    from causalclip_cli.taps import select_layers
+    from causalclip_cli.inputs.datasets import Sample
+    from causalclip_cli.model.taps import select_layers
 
     rows = list(csv.DictReader(MANIFEST.open()))
     samples = [Sample(str((MANIFEST.parent / r["path"]).resolve()), int(r["label"]), r["generator"], r["split"],
@@ -98,7 +98,7 @@ def load() -> Data:
         raise SystemExit(f"{len(samples) - len(paths)} manifest images could not be read")
     from sources import _backbone
 
-    from causalclip_cli.taps import tower_shape
+    from causalclip_cli.model.taps import tower_shape
 
     x = select_layers(x, ALL, MID, tower_shape(_backbone().tower))
     kinds = np.array([s.kind for s in samples], dtype=object)
@@ -116,12 +116,12 @@ class Fitted:
     def __init__(self, d: Data, train: np.ndarray, val: np.ndarray, r: Recipe, seed: int) -> None:
         import torch
 
-        from causalclip_cli.checkpoint import Decision
-        from causalclip_cli.domains import balance_weights, choose_threshold
-        from causalclip_cli.experiment import _hard_reals, fit_platt
-        from causalclip_cli.familiarity import Familiarity
-        from causalclip_cli.heads import CausalConfig
-        from causalclip_cli.training import train_head
+        from causalclip_cli.model.checkpoint import Decision
+        from causalclip_cli.model.familiarity import Familiarity
+        from causalclip_cli.model.heads import CausalConfig
+        from causalclip_cli.training.domains import balance_weights, choose_threshold
+        from causalclip_cli.training.experiment import _hard_reals, fit_platt
+        from causalclip_cli.training.trainer import train_head
 
         hc = {**(asdict(CausalConfig()) if r.method == "causalclip" else {}), "segments": _segments(),
               "combine": "concat"}
@@ -197,7 +197,7 @@ def protocol_f(d: Data, r: Recipe, seed: int) -> dict:
 
 
 def _ap(y: np.ndarray, p: np.ndarray) -> float | None:
-    from causalclip_cli.metrics import binary_metrics
+    from causalclip_cli.training.metrics import binary_metrics
 
     return binary_metrics(y, p, 0.5)["ap"] if 0 < y.sum() < len(y) else None
 

@@ -32,7 +32,7 @@ HEADS = {
 
 
 def test_samples() -> list:
-    from causalclip_cli.datasets import Sample
+    from causalclip_cli.inputs.datasets import Sample
 
     out = []
     with MANIFEST.open() as fh:
@@ -44,9 +44,9 @@ def test_samples() -> list:
 
 
 def score(checkpoint: str, samples: list) -> dict:
-    from causalclip_cli.checkpoint import load_detector
-    from causalclip_cli.experiment import EvalRequest, _detector_features, _probs
-    from causalclip_cli.metrics import binary_metrics
+    from causalclip_cli.model.checkpoint import load_detector
+    from causalclip_cli.training.experiment import EvalRequest, _detector_features, _probs
+    from causalclip_cli.training.metrics import binary_metrics
 
     det = load_detector(checkpoint, device="cpu", allow_download=False)
     fs = _detector_features(det, samples, EvalRequest(data=None, workers=1, batch_size=16))

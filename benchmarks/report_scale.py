@@ -121,7 +121,7 @@ def main() -> None:
         return
     from playwright.sync_api import sync_playwright
 
-    from causalclip_cli.report import ReportOptions, ReportStats, load_results, write_report
+    from causalclip_cli.scanning.report import ReportOptions, ReportStats, load_results, write_report
 
     out: dict = {"command": " ".join(["python", *sys.argv]), "chromium": CHROMIUM, "sizes": {}}
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:

@@ -62,7 +62,7 @@ def ceiling(detector: Any, files: list[str], batch_size: int) -> dict[str, Any]:
     """(a) The tower alone on tensors decoded and resized beforehand (decode time reported apart)."""
     import torch
 
-    from causalclip_cli.data import ScanDataset
+    from causalclip_cli.inputs.data import ScanDataset
 
     ds = ScanDataset(files, detector.preprocess)  # same decode (with JPEG draft) + recipe as the scan
     t0 = time.perf_counter()
@@ -228,7 +228,7 @@ def main() -> None:
     args = ap.parse_args()
     apply_threads(args.threads)
 
-    from causalclip_cli.checkpoint import load_detector
+    from causalclip_cli.model.checkpoint import load_detector
     from causalclip_cli.settings import resolve_device
 
     args.device = resolve_device(args.device)

@@ -53,7 +53,7 @@ def _samples(data: Path) -> list[tuple[str, str, list]]:
 
 
 def _all_samples(data: Path) -> list[tuple[str, str, list]]:
-    from causalclip_cli.datasets import discover_dataset
+    from causalclip_cli.inputs.datasets import discover_dataset
 
     out = []
     fs = discover_dataset(data / "forensynths-thumbs")
@@ -74,8 +74,8 @@ def load_sources(data: Path = DATA, batch_size: int = 32, workers: int = 2) -> l
     """Embed every image with the offline ViT-B/16 tower (cached: a second call reads features only)."""
     import torch
 
-    from causalclip_cli.backbones import BackboneSpec, load_backbone
-    from causalclip_cli.experiment import dataset_features
+    from causalclip_cli.model.backbones import BackboneSpec, load_backbone
+    from causalclip_cli.training.experiment import dataset_features
 
     bb = load_backbone(BackboneSpec(), allow_download=False)
 
@@ -107,7 +107,7 @@ if __name__ == "__main__":
 
 def modern_samples(data: Path = DATA) -> list[tuple[str, str, list]]:
     """modern-2025 (six 2024–2026 generators) and faces-2025 (StyleGAN3), uncapped."""
-    from causalclip_cli.datasets import discover_dataset
+    from causalclip_cli.inputs.datasets import discover_dataset
 
     out = []
     md = discover_dataset(data / "modern-2025")
@@ -121,7 +121,7 @@ def modern_samples(data: Path = DATA) -> list[tuple[str, str, list]]:
 def people_samples(data: Path = DATA) -> list[tuple[str, str, list]]:
     """people-2026 (three real portrait kinds, three generators of people) and photos-2026 (three real
     kinds), uncapped, one source per folder."""
-    from causalclip_cli.datasets import discover_dataset
+    from causalclip_cli.inputs.datasets import discover_dataset
 
     out = []
     for folder, family, prefix in (("people-2026", PEOPLE_FAMILY, "people"), ("photos-2026", PHOTOS_FAMILY, "photos")):
@@ -156,7 +156,7 @@ _BACKBONE = None
 def _backbone():
     global _BACKBONE
     if _BACKBONE is None:
-        from causalclip_cli.backbones import BackboneSpec, load_backbone
+        from causalclip_cli.model.backbones import BackboneSpec, load_backbone
 
         _BACKBONE = load_backbone(BackboneSpec(), allow_download=False)
     return _BACKBONE
@@ -166,7 +166,7 @@ def tiny_transform(side: int = 24):
     """Content-only control: shrink to `side` px (long side) and back; the scene stays, traces go."""
     from PIL import Image
 
-    from causalclip_cli.transforms import PixelTransform
+    from causalclip_cli.inputs.transforms import PixelTransform
 
     def fn(im: Image.Image) -> Image.Image:
         w, h = im.size
@@ -179,8 +179,8 @@ def tiny_transform(side: int = 24):
 
 def variant_setup(variant: str, views: int, layers: tuple[int, ...], transform: str | None = None):
     """(preprocess, cache backbone id, pixel transform) of one feature variant — the cache's key parts."""
-    from causalclip_cli.taps import FeatureSpec
-    from causalclip_cli.transforms import compose, degrade
+    from causalclip_cli.inputs.transforms import compose, degrade
+    from causalclip_cli.model.taps import FeatureSpec
 
     bb = _backbone()
     mode = "native" if variant == "native" else "resize"
@@ -199,8 +199,8 @@ def embed_variant(samples: list, variant: str, views: int, layers: tuple[int, ..
     """Cached features [n, views, d] (views squeezed when 1 → [n, d]), labels, paths for one variant."""
     import torch
 
-    from causalclip_cli.experiment import dataset_features
-    from causalclip_cli.taps import forward_layers
+    from causalclip_cli.model.taps import forward_layers
+    from causalclip_cli.training.experiment import dataset_features
 
     bb = _backbone()
     pre, bid, tf = variant_setup(variant, views, layers, transform)

@@ -1,6 +1,6 @@
 """Training speed: feature extraction images/s, and head-training seconds per epoch on cached features.
 
-  (a) feature extraction through the real pipeline: causalclip_cli.features.extract_features with
+  (a) feature extraction through the real pipeline: causalclip_cli.training.features.extract_features with
       cache=None (every image decoded and embedded), the embed function `causalclip train` uses, on
       N images (default 64) of ../shared/data/forensynths-thumbs, at train's defaults (batch 32,
       2 decode workers). One warm-up batch goes through the tower first and is not timed; the timed
@@ -37,8 +37,8 @@ def extraction(files: list[str], tiny: bool, device: str, batch_size: int, worke
     """(a) Images/s of extract_features(cache=None) with the embed function of `causalclip train`."""
     import torch
 
-    from causalclip_cli.backbones import BackboneSpec, load_backbone
-    from causalclip_cli.features import extract_features
+    from causalclip_cli.model.backbones import BackboneSpec, load_backbone
+    from causalclip_cli.training.features import extract_features
 
     spec = BackboneSpec("causalclip-tiny", "none") if tiny else BackboneSpec()
     t0 = time.perf_counter()
@@ -84,7 +84,7 @@ def synthetic_features(n: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndar
 def head_training(kind: str, x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, epochs: int,
                   batch_size: int, device: str) -> dict[str, Any]:
     """(b) train_head wall time; per-epoch times from the on_epoch callback (train pass + validation)."""
-    from causalclip_cli.training import TrainConfig, train_head
+    from causalclip_cli.training.trainer import TrainConfig, train_head
 
     # patience > epochs: early stopping must not cut the measurement short.
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, patience=epochs + 1, device=device)

@@ -2,7 +2,7 @@
 
     python benchmarks/tune.py [--seed 0]
 
-Each candidate changes the defaults of causalclip_cli.heads.CausalConfig; the linear probe is run once
+Each candidate changes the defaults of causalclip_cli.model.heads.CausalConfig; the linear probe is run once
 alongside as the reference. Results: benchmarks/results/tune.json.
 """
 
@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import run  # noqa: E402
 from sources import load_sources  # noqa: E402
 
-from causalclip_cli.heads import CausalConfig  # noqa: E402
+from causalclip_cli.model.heads import CausalConfig  # noqa: E402
 
 CANDIDATES = {
     "defaults": {},

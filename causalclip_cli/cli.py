@@ -6,6 +6,7 @@ open_clip) are imported inside commands so `causalclip --help` starts instantly.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -34,7 +35,7 @@ app = typer.Typer(
     help="Forensic scanner for AI-generated images: a CausalCLIP head over a frozen CLIP image encoder.\n\n"
     + EXIT_CODES_HELP,
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -72,6 +73,28 @@ class HeadKind(str, Enum):
 class Engine(str, Enum):
     local = "local"
     ray = "ray"
+
+
+def _complete_checkpoint(incomplete: str) -> list[tuple[str, str]]:
+    """Shell completion of --checkpoint: the released checkpoint names, and .safetensors files (and folders)
+    once a path is being typed. Light: no torch, no model."""
+    from causalclip_cli.model.checkpoint import available_checkpoints
+
+    out = [(name, "released checkpoint") for name in available_checkpoints() if name.startswith(incomplete)]
+    if incomplete.startswith((".", "/", "~")) or os.sep in incomplete:
+        folder, sep, prefix = incomplete.rpartition(os.sep)
+        try:
+            entries = sorted(Path(os.path.expanduser(folder + sep or ".")).iterdir())
+        except OSError:
+            entries = []
+        for entry in entries:
+            if not entry.name.startswith(prefix) or (entry.name.startswith(".") and not prefix.startswith(".")):
+                continue
+            if entry.is_dir():
+                out.append((folder + sep + entry.name + os.sep, "folder"))
+            elif entry.suffix == ".safetensors":
+                out.append((folder + sep + entry.name, "checkpoint file"))
+    return out
 
 
 def _stderr():  # noqa: ANN202 - rich Console, imported lazily
@@ -132,6 +155,17 @@ def _parse_band(text: str | None) -> tuple[float, float] | tuple[()] | None:
     return (low, high)
 
 
+def _check_resume(output: str | None, fmt: Fmt | None, engine: Engine) -> None:
+    """--resume continues a JSON Lines file written by the local engine."""
+    if output is None:
+        raise UsageError("--resume needs --output FILE: the JSONL file of the scan to continue")
+    if fmt is not None and fmt != Fmt.jsonl:
+        raise UsageError(f"--resume works with --format jsonl only, not {fmt.value}",
+                         hint="JSON Lines can be appended to record by record; JSON, CSV and table cannot")
+    if engine == Engine.ray:
+        raise UsageError("--resume is not available with --engine ray", hint="resume with --engine local")
+
+
 def _device(spec: str) -> str:
     from causalclip_cli.settings import resolve_device
 
@@ -144,13 +178,14 @@ def _device(spec: str) -> str:
 @app.command()
 @_interruptible
 def info(
-    checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c", help="Checkpoint path or name.")] = None,
+    checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c", autocompletion=_complete_checkpoint,
+                                                   help="Checkpoint path or name.")] = None,
     backbone_weights: Annotated[str | None, typer.Option(help="Local backbone weights file.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object with stable keys.")] = False,
 ) -> None:
     """What the tool will use: version, device, cache, checkpoint and the backbone it resolves to (no network)."""
     try:
-        from causalclip_cli.inspect import gather_info
+        from causalclip_cli.model.inspect import gather_info
 
         data = gather_info(checkpoint, backbone_weights)
     except CausalClipError as exc:
@@ -158,7 +193,7 @@ def info(
     if as_json:
         typer.echo(json.dumps(data, indent=2, sort_keys=False))
         return
-    from causalclip_cli.inspect import render_info
+    from causalclip_cli.model.inspect import render_info
 
     render_info(data)
 
@@ -170,7 +205,7 @@ def info(
 @_interruptible
 def scan(
     paths: Annotated[list[str], typer.Argument(help="Files and folders; '-' reads paths from stdin.")],
-    checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c",
+    checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c", autocompletion=_complete_checkpoint,
                                                    help="Checkpoint path or released name.")] = None,
     threshold: Annotated[float | None, typer.Option(min=0.0, max=1.0,
                                                     help="Fake threshold (default: the checkpoint's).")] = None,
@@ -180,6 +215,9 @@ def scan(
     fmt: Annotated[Fmt | None, typer.Option("--format", "-f",
                                             help="Default: table on a terminal, jsonl otherwise.")] = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="Write results to FILE (atomic).")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue an interrupted scan: keep the records already in --output (JSONL), scan only "
+                         "the other files and append to it.")] = False,
     recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Descend into folders.")] = True,
     null: Annotated[bool, typer.Option("-0", "--null", help="Paths on stdin are NUL-separated.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
@@ -218,14 +256,16 @@ def scan(
 
     With --engine ray, PATHS may also be URIs that pyarrow reads (s3://, gs://, file://) and --output may be
     a folder of Parquet shards (a path ending in '/', an existing folder, or a URI)."""
-    from causalclip_cli.output import ScanSummary, default_format, make_writer, render_summary
+    from causalclip_cli.scanning.output import ScanSummary, default_format, make_writer, render_summary
 
     try:
         band = _parse_band(uncertain)
-        from causalclip_cli.scan import parse_fail_on
+        from causalclip_cli.scanning.scan import parse_fail_on
 
         parse_fail_on(fail_on)
-        from causalclip_cli.data import discover, read_path_list
+        if resume:
+            _check_resume(output, fmt, engine)
+        from causalclip_cli.inputs.data import discover, read_path_list
 
         inputs = [p for p in paths if p != "-"]
         if "-" in paths:
@@ -242,25 +282,32 @@ def scan(
                                        fail_on, backbone_weights, recursive, address, actors, provenance,
                                        precision, abstain_unfamiliar))
         found = discover(inputs, recursive=recursive)
-        from causalclip_cli.checkpoint import load_detector
+        from causalclip_cli.model.checkpoint import load_detector
 
         dev = _device(device)
         detector = load_detector(checkpoint, device=dev, backbone_weights=backbone_weights, allow_download=True,
                                  precision=precision)
         if crops is not None:
-            from causalclip_cli.preprocess import VIEW_COUNTS
+            from causalclip_cli.model.preprocess import VIEW_COUNTS
 
             if crops not in VIEW_COUNTS:
                 raise UsageError(f"--crops must be one of {', '.join(map(str, VIEW_COUNTS))}, not {crops}")
             detector.metadata["preprocess"] = {**detector.preprocess.to_dict(), "views": crops}
         if purify:
-            from causalclip_cli.purify import parse_purifier, with_purifier
+            from causalclip_cli.robustness.purify import parse_purifier, with_purifier
 
             detector = with_purifier(detector, parse_purifier(purify, dev))
+        done = None
+        if resume:
+            from causalclip_cli.scanning.resume import check_same_run, read_done
+
+            done = read_done(output)
+            check_same_run(done, detector.model_id, detector.decision.threshold if threshold is None else threshold,
+                           output)
     except CausalClipError as exc:
         raise _fail(exc) from None
 
-    from causalclip_cli.scan import (
+    from causalclip_cli.scanning.scan import (
         ScanOptions,
         default_batch_size,
         default_workers,
@@ -275,13 +322,27 @@ def scan(
     kept: list[dict] | None = [] if html is not None else None
     summary = ScanSummary()
     err = _stderr()
-    total = len(found.files)
     if not found.files and not found.errors:
         err.print("warning: no files found under the given paths")
+    if done is not None:
+        # --resume: the earlier records count in the summary (and the report); their paths are not scanned again.
+        for rec in done.records:
+            summary.add(rec)
+        summary.resumed = len(done.records)
+        if kept is not None:
+            kept.extend(rec.to_dict() for rec in done.records)
+        seen = done.paths
+        found = dataclasses.replace(found, files=[f for f in found.files if f not in seen],
+                                    errors=[e for e in found.errors if e[0] not in seen])
+        tail = "; a truncated last line is dropped and its file scanned again" if done.dropped_tail else ""
+        sys.stderr.write(f"resuming {output}: {len(done.records):,} record(s) kept, {len(found.files):,} file(s) "
+                         f"to scan{tail}\n")
+    total = len(found.files)
     thr = detector.decision.threshold if threshold is None else threshold
 
     def run(stream) -> None:  # noqa: ANN001
         writer = make_writer((fmt.value if fmt else default_format(stream)), stream)
+        commit = getattr(stream, "commit", None)  # --resume: whole lines reach the file batch by batch
 
         def emit(records) -> None:  # noqa: ANN001
             # Discovery's error records (broken symlinks, ...) come in the same path order as the rest.
@@ -298,18 +359,29 @@ def scan(
                 with Progress("scanning", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                               console=err, transient=True) as bar:
                     task = bar.add_task("scan", total=total)
-                    emit(scan_records(detector, found.files, found.explicit, opts, summary,
-                                      lambda n: bar.advance(task, n)))
+
+                    def advance(n: int) -> None:
+                        bar.advance(task, n)
+                        if commit is not None:
+                            commit()
+
+                    emit(scan_records(detector, found.files, found.explicit, opts, summary, advance))
             else:
-                emit(scan_records(detector, found.files, found.explicit, opts, summary))
+                emit(scan_records(detector, found.files, found.explicit, opts, summary,
+                                  (lambda n: commit()) if commit is not None else None))
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:
             writer.close()
 
     try:
-        if output is not None:
-            from causalclip_cli.output import atomic_output
+        if output is not None and done is not None:
+            from causalclip_cli.scanning.resume import AppendStream
+
+            with AppendStream(output, done.keep_bytes) as fh:
+                run(fh)
+        elif output is not None:
+            from causalclip_cli.scanning.output import atomic_output
 
             with atomic_output(output) as fh:
                 run(fh)
@@ -323,7 +395,7 @@ def scan(
         raise typer.Exit(141) from None
     render_summary(summary, sys.stderr)
     if html is not None and kept is not None:
-        from causalclip_cli.report import ReportOptions, write_report
+        from causalclip_cli.scanning.report import ReportOptions, write_report
 
         try:
             stats = write_report(kept, html, ReportOptions(source="causalclip scan"))
@@ -347,7 +419,7 @@ def report(
     title: Annotated[str, typer.Option(help="Page title.")] = "causalclip scan report",
 ) -> None:
     """Write a self-contained HTML report (no network) from a scan's results: sorted, filterable, searchable."""
-    from causalclip_cli.report import ReportOptions, ReportStats, load_results, write_report
+    from causalclip_cli.scanning.report import ReportOptions, ReportStats, load_results, write_report
 
     stats = ReportStats()
     try:
@@ -368,9 +440,9 @@ def _scan_ray(inputs: list[str], output: str | None, fmt: Fmt | None, checkpoint
               backbone_weights: str | None, recursive: bool, address: str | None, actors: int | None,
               provenance: bool = True, precision: str = "auto", abstain_unfamiliar: bool = True) -> int:
     """`scan --engine ray`: the distributed module does the work; the same summary and exit codes."""
-    from causalclip_cli.distributed import RayOptions, scan_command
-    from causalclip_cli.output import render_summary
-    from causalclip_cli.scan import ScanOptions, default_batch_size, exit_code
+    from causalclip_cli.scanning.distributed import RayOptions, scan_command
+    from causalclip_cli.scanning.output import render_summary
+    from causalclip_cli.scanning.scan import ScanOptions, default_batch_size, exit_code
 
     dev = device  # checked against the cluster's GPUs, not this machine's
     opts = ScanOptions(batch_size=batch_size or default_batch_size("cpu" if dev in ("auto", "cpu") else dev),
@@ -448,7 +520,7 @@ def train(
     hard_weight: Annotated[float, typer.Option(min=1.0, help="Weight multiplier of those hard reals.")] = 3.0,
 ) -> None:
     """Train a CausalCLIP (or linear-probe) head on a dataset; writes a safetensors checkpoint."""
-    from causalclip_cli.experiment import TrainRequest, run_train
+    from causalclip_cli.training.experiment import TrainRequest, run_train
 
     req = TrainRequest(
         data=data, output=output, head=head.value, backbone=backbone, pretrained=pretrained,
@@ -475,7 +547,7 @@ def train(
 def evaluate(
     data: Annotated[Path | None, typer.Option("--data", "-d", help="Dataset folder (layout auto-detected) or CSV.")
                     ] = None,
-    checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c")] = None,
+    checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c", autocompletion=_complete_checkpoint)] = None,
     split: Annotated[str | None, typer.Option(help="Split to evaluate (default: test, else val, else all).")
                      ] = None,
     subset: Annotated[list[str] | None, typer.Option(help="Generators to use (repeatable).")] = None,
@@ -514,7 +586,7 @@ def evaluate(
     With --attack and/or --purify: attack success rate, AP and accuracy before/after, and the
     perturbation's L-inf and PSNR, per attack condition."""
     if attack is not None or purify:
-        from causalclip_cli.adversarial import RobustEvalRequest, render_robust, run_robust_eval
+        from causalclip_cli.robustness.adversarial import RobustEvalRequest, render_robust, run_robust_eval
 
         try:
             if perturb or plot:
@@ -532,7 +604,7 @@ def evaluate(
             raise _fail(exc) from None
         render_robust(report, fmt.value, sys.stdout)
         return
-    from causalclip_cli.experiment import EvalRequest, render_eval, run_eval
+    from causalclip_cli.training.experiment import EvalRequest, render_eval, run_eval
 
     req = EvalRequest(data=data, checkpoint=checkpoint, split=split, subsets=subset or None, layout=layout,
                       threshold=threshold, perturb=perturb, plot=plot, device=device, workers=workers,
@@ -567,7 +639,7 @@ def embed(
 ) -> None:
     """Embed a labelled dataset with the frozen backbone into Parquet shards for `train/eval --features`."""
     try:
-        from causalclip_cli.distributed import RayOptions, embed_command
+        from causalclip_cli.scanning.distributed import RayOptions, embed_command
 
         result = embed_command(str(data), output, engine=engine.value, layout=layout, subsets=subset or None,
                                backbone=backbone, pretrained=pretrained, backbone_weights=backbone_weights,
@@ -588,7 +660,7 @@ def embed(
 def calibrate(
     data: Annotated[Path, typer.Option("--data", "-d", help="Dataset with held-out real images.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Calibrated copy of the checkpoint.")],
-    checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c")] = None,
+    checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c", autocompletion=_complete_checkpoint)] = None,
     target_fpr: Annotated[float, typer.Option(min=0.0, max=1.0, help="False-positive rate on real images.")
                           ] = 0.01,
     band_fpr: Annotated[str | None, typer.Option(help="Abstain band as two FPRs on real images, e.g. 0.15:0.01.")
@@ -617,7 +689,7 @@ def calibrate(
 ) -> None:
     """Calibrate probabilities (Platt scaling) and choose the threshold on held-out real images for a target
     false-positive rate."""
-    from causalclip_cli.experiment import CalibrateRequest, run_calibrate
+    from causalclip_cli.training.experiment import CalibrateRequest, run_calibrate
 
     try:
         band = _parse_band(":".join(sorted((band_fpr or "").split(":")))) if band_fpr else None
@@ -637,7 +709,7 @@ def calibrate(
 def train_purifier_cmd(
     paths: Annotated[list[str], typer.Argument(help="Clean training images: files and folders (no labels needed).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Purifier file to write (.safetensors).")],
-    checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c",
+    checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c", autocompletion=_complete_checkpoint,
                                                    help="Detector the training attacks are crafted on.")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Use at most N images (evenly spread).")] = None,
     eps: Annotated[str, typer.Option(help="Attack budgets of the training pairs, 1/255 units, comma-separated.")
@@ -653,10 +725,10 @@ def train_purifier_cmd(
 ) -> None:
     """Train the learned purifier (a small residual denoising CNN) on PGD examples of the given images."""
     try:
-        from causalclip_cli.adversarial import load_pixels
-        from causalclip_cli.checkpoint import load_detector
-        from causalclip_cli.data import discover
-        from causalclip_cli.purify import PurifierTrainConfig, save_purifier, train_purifier
+        from causalclip_cli.inputs.data import discover
+        from causalclip_cli.model.checkpoint import load_detector
+        from causalclip_cli.robustness.adversarial import load_pixels
+        from causalclip_cli.robustness.purify import PurifierTrainConfig, save_purifier, train_purifier
 
         try:
             eps_choices = tuple(float(e) for e in eps.split(",") if e.strip())

@@ -31,9 +31,9 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CausalCLIP head over the tiny random-init tower, saved in the real checkpoint format."""
     import torch
 
-    from causalclip_cli.backbones import BackboneSpec, locate
-    from causalclip_cli.checkpoint import Decision, build_metadata, save_checkpoint
-    from causalclip_cli.heads import make_head
+    from causalclip_cli.model.backbones import BackboneSpec, locate
+    from causalclip_cli.model.checkpoint import Decision, build_metadata, save_checkpoint
+    from causalclip_cli.model.heads import make_head
 
     torch.manual_seed(0)
     info = locate(BackboneSpec("causalclip-tiny", "none"))

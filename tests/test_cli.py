@@ -229,7 +229,7 @@ def test_ctrl_c_keeps_results_so_far_and_the_summary(tmp_path: Path, tiny_checkp
 
 def test_checkpoint_band_applies_unless_a_threshold_or_off_is_given(photos: Path, tiny_checkpoint: Path,
                                                                   tmp_path: Path) -> None:
-    from causalclip_cli.checkpoint import load_head, save_checkpoint
+    from causalclip_cli.model.checkpoint import load_head, save_checkpoint
 
     head, meta = load_head(tiny_checkpoint)
     meta["decision"]["uncertain"] = [0.0, 1.0]  # every score falls in this band

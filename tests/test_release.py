@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from causalclip_cli.checkpoint import DEFAULT_CHECKPOINT, read_metadata, resolve_checkpoint
+from causalclip_cli.model.checkpoint import DEFAULT_CHECKPOINT, read_metadata, resolve_checkpoint
 from causalclip_cli.settings import weights_dir
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from causalclip_cli import offline
-from causalclip_cli.backbones import BackboneSpec, _build_tower, load_backbone
-from causalclip_cli.checkpoint import load_detector
 from causalclip_cli.errors import BackboneError
-from causalclip_cli.output import ScanSummary
-from causalclip_cli.scan import ScanOptions, scan_records
+from causalclip_cli.model import offline
+from causalclip_cli.model.backbones import BackboneSpec, _build_tower, load_backbone
+from causalclip_cli.model.checkpoint import load_detector
+from causalclip_cli.scanning.output import ScanSummary
+from causalclip_cli.scanning.scan import ScanOptions, scan_records
 
 TINY = "causalclip-tiny"
 
@@ -82,7 +82,7 @@ def test_first_batch_is_scored_one_image_first(tmp_path: Path, tiny_checkpoint: 
 
 
 def test_default_workers_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
-    from causalclip_cli import scan
+    from causalclip_cli.scanning import scan
 
     assert scan.default_workers("cpu") == 2
     monkeypatch.setattr(scan.os, "cpu_count", lambda: 16)

@@ -21,12 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for
 
 from sources import tiny_transform  # noqa: E402
 
-from causalclip_cli import offline  # noqa: E402
-from causalclip_cli.backbones import BackboneSpec, load_backbone  # noqa: E402
-from causalclip_cli.data import make_loader  # noqa: E402
-from causalclip_cli.preprocess import Preprocess  # noqa: E402
-from causalclip_cli.taps import forward_layers  # noqa: E402
-from causalclip_cli.transforms import degrade  # noqa: E402
+from causalclip_cli.inputs.data import make_loader  # noqa: E402
+from causalclip_cli.inputs.transforms import degrade  # noqa: E402
+from causalclip_cli.model import offline  # noqa: E402
+from causalclip_cli.model.backbones import BackboneSpec, load_backbone  # noqa: E402
+from causalclip_cli.model.preprocess import Preprocess  # noqa: E402
+from causalclip_cli.model.taps import forward_layers  # noqa: E402
 
 CHUNK = 15 * 1024 * 1024  # the device tool brings back files of at most 16 MiB
 

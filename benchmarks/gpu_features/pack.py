@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sources import DATA, all_groups, variant_setup  # noqa: E402
 
-from causalclip_cli import offline  # noqa: E402
-from causalclip_cli.features import file_sha256  # noqa: E402
+from causalclip_cli.model import offline  # noqa: E402
+from causalclip_cli.training.features import file_sha256  # noqa: E402
 
 ALL = tuple(range(13))
 # (group, recipe variant, views, augmented view) — two GPU runs filled the release's cache with these.

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from causalclip_cli.features import FeatureCache
-from causalclip_cli.preprocess import Preprocess
+from causalclip_cli.model.preprocess import Preprocess
 from causalclip_cli.settings import cache_dir
+from causalclip_cli.training.features import FeatureCache
 
 
 def main() -> None:

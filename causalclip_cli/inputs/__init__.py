@@ -1,0 +1,5 @@
+"""What goes into the detector: discovering and decoding image files (with their provenance), the scan
+data loader, labelled datasets and splits, and the pixel transforms used for augmentation and robustness
+checks. It may import `evidence`, `model` and the shared base, never the scanning, training or robustness
+packages.
+"""
