@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from causalclip_cli.errors import UsageError
 from causalclip_cli.scanning.output import FIELDS, ScanRecord
 
+# Records written before `reason` and `familiarity` existed (2026-11-28) lack them; they read as None.
+REQUIRED = set(FIELDS) - {"reason", "familiarity"}
+
 
 @dataclass
 class Done:
@@ -50,9 +53,9 @@ def read_done(path: str | os.PathLike[str]) -> Done:
             continue
         try:
             obj = json.loads(line)
-            if not isinstance(obj, dict) or not set(FIELDS) <= set(obj):
+            if not isinstance(obj, dict) or not REQUIRED <= set(obj):
                 raise ValueError("not a scan record")
-            done.records.append(ScanRecord(**{k: obj[k] for k in FIELDS}))
+            done.records.append(ScanRecord(**{k: obj.get(k) for k in FIELDS}))
         except (ValueError, TypeError):
             raise UsageError(f"--resume: {name} line {number} is not a causalclip JSONL record",
                              hint="resume only a file written by `causalclip scan --format jsonl --output`") from None
