@@ -1,15 +1,16 @@
 """Real photographs are not fakes (issue 18): false positives per kind of real photo, under recipes that differ
 in how training weighs the kinds of images and how the decision is calibrated.
 
-Every recipe runs the release procedure in-process on cached features (resize recipe, final + blocks 4, 6, 8,
+Every training recipe runs the release procedure in-process on cached features (resize recipe, final + blocks 4, 6, 8,
 10, 12), with the release manifest's splits (benchmarks/results/release-manifest.csv: train / val / test,
 a `domain` column naming the kind of each real image):
   1. train the head on `train` (early stopping on `val` AP), sampling weights by `balance`, optionally a
      second fit with the hardest `hard` share of training reals up-weighted x3;
   2. Platt scaling on `val`, threshold at 0.5% false positives on the `val` reals — pooled, or for every real
-     domain with at least 15 `val` reals (`per_domain`) — and the abstain band from the 5% point;
-  3. optionally a familiarity reference (kNN distance to the training features, conformal p-value calibrated
-     on `val`): a `fake` with p < 0.01 becomes `uncertain`.
+     domain with at least 15 `val` reals (rules `domain*`) — and the abstain band from the 5% point;
+  3. with the rules `*+fam`, a familiarity reference (kNN distance to the training features, conformal p-value
+     calibrated on `val`): a `fake` with p < 0.01 becomes `uncertain`.
+Each fit is scored under all four decision rules (pooled, domain, pooled+fam, domain+fam).
 
 Protocols (the `test` split is never read by F or D; `--test` reports it for the chosen recipe only):
   F  leave one real domain out: for each kind of real photo, its reals leave train and val; the fold's
@@ -20,7 +21,7 @@ Protocols (the `test` split is never read by F or D; `--test` reports it for the
      the people-2026 reals of the same splits), and fake / uncertain shares.
   V  the release itself (all domains), per-domain shares on `val` (in-sample for the threshold).
 
-    python benchmarks/real_domains.py --recipes base sqrt-domain ... [--protocols F D V] [--test] --out FILE
+    python benchmarks/real_domains.py --recipes base sqrt ... [--protocols F D V] [--test] --out FILE
 """
 
 from __future__ import annotations
@@ -51,27 +52,26 @@ OLD_PREFIXES = ("forensynths_", "multigen_", "web-sd", "cifake_")
 
 @dataclass(frozen=True)
 class Recipe:
+    """How the head is trained; every decision rule (RULES) is then applied to the same fit."""
+
     name: str
     method: str = "causalclip"
     balance: str = "none"
     hard: float = 0.0
-    per_domain: bool = False
-    familiarity: bool = False
-    alpha: float = 0.01
 
 
 RECIPES = {r.name: r for r in [
-    Recipe("base"),  # the previous release's recipe on the new data
-    Recipe("base-domain", per_domain=True),
-    Recipe("base-domain-fam", per_domain=True, familiarity=True),
-    Recipe("sqrt-domain", balance="sqrt", per_domain=True),
-    Recipe("sqrt-domain-fam", balance="sqrt", per_domain=True, familiarity=True),
-    Recipe("bal-domain", balance="domain", per_domain=True),
-    Recipe("bal-domain-fam", balance="domain", per_domain=True, familiarity=True),
-    Recipe("sqrt-hard-domain-fam", balance="sqrt", hard=0.1, per_domain=True, familiarity=True),
-    Recipe("bal-hard-domain-fam", balance="domain", hard=0.1, per_domain=True, familiarity=True),
-    Recipe("linear-sqrt-domain-fam", method="linear", balance="sqrt", per_domain=True, familiarity=True),
+    Recipe("base"),  # the previous release's training on the new data
+    Recipe("sqrt", balance="sqrt"),
+    Recipe("domain", balance="domain"),
+    Recipe("sqrt-hard", balance="sqrt", hard=0.1),
+    Recipe("domain-hard", balance="domain", hard=0.1),
+    Recipe("linear-base", method="linear"),
+    Recipe("linear-sqrt", method="linear", balance="sqrt"),
 ]}
+# (threshold and band by the worst real domain?, familiarity abstention?)
+RULES = {"pooled": (False, False), "domain": (True, False), "pooled+fam": (False, True), "domain+fam": (True, True)}
+ALPHA = 0.01
 
 
 @dataclass
@@ -138,10 +138,12 @@ class Fitted:
         with torch.inference_mode():
             self.a, self.b = fit_platt(self.head(torch.as_tensor(xv)).numpy(), yv)
         pv = self.probs(xv)
-        thr, band, rule = choose_threshold(pv[yv == 0], d.kind[val][yv == 0], TARGET_FPR, BAND,
-                                           per_domain=r.per_domain, min_images=MIN_DOMAIN)
-        self.fam = Familiarity.fit(xt).calibrate(xv) if r.familiarity else None
-        self.decision = Decision(thr, band, rule, r.alpha if r.familiarity else None)
+        self.fam = Familiarity.fit(xt).calibrate(xv)
+        self.decisions = {}
+        for name, (per_domain, fam) in RULES.items():
+            thr, band, rule = choose_threshold(pv[yv == 0], d.kind[val][yv == 0], TARGET_FPR, BAND,
+                                               per_domain=per_domain, min_images=MIN_DOMAIN)
+            self.decisions[name] = Decision(thr, band, rule, ALPHA if fam else None)
         self.epochs = res.best_epoch
 
     def probs(self, x: np.ndarray) -> np.ndarray:
@@ -150,12 +152,14 @@ class Fitted:
         with torch.inference_mode():
             return torch.sigmoid(self.a * self.head(torch.as_tensor(x)) + self.b).numpy()
 
-    def labels(self, x: np.ndarray, familiarity: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(probabilities, labels, reasons)."""
-        p = self.probs(x)
-        q = self.fam.p_values(x) if (self.fam is not None and familiarity) else [None] * len(p)
-        out = [self.decision.verdict(float(a), None if b is None else float(b)) for a, b in zip(p, q, strict=True)]
-        return p, np.array([o[0] for o in out]), np.array([o[1] or "" for o in out])
+    def labels(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
+        """(probabilities, {rule: (labels, reasons)})."""
+        p, q = self.probs(x), self.fam.p_values(x)
+        out = {}
+        for name, dec in self.decisions.items():
+            v = [dec.verdict(float(a), float(b)) for a, b in zip(p, q, strict=True)]
+            out[name] = (np.array([o[0] for o in v]), np.array([o[1] or "" for o in v]))
+        return p, out
 
 
 def _shares(labels: np.ndarray, reasons: np.ndarray) -> dict:
@@ -178,21 +182,28 @@ def protocol_f(d: Data, r: Recipe, seed: int) -> dict:
         ev = np.flatnonzero(held & (d.split != "test"))
         t = time.time()
         f = Fitted(d, train, val, r, seed)
-        _, lab, why = f.labels(d.x[ev])
-        _, lab0, why0 = f.labels(d.x[ev], familiarity=False)
+        _, lab = f.labels(d.x[ev])
         vf = np.flatnonzero((d.split == "val") & (d.y == 1) & ~held)
-        _, vlab, _ = f.labels(d.x[vf])
-        out[dom] = {**_shares(lab, why), "fake_without_familiarity": float(np.mean(lab0 == "fake")),
-                    "val_fakes_labelled_fake": float(np.mean(vlab == "fake")), "threshold": f.decision.threshold,
-                    "set_by": f.decision.calibration.get("set_by", "pooled"), "seconds": round(time.time() - t, 1)}
-        print(f"  F {r.name} seed {seed} without {dom}: {out[dom]}", file=sys.stderr, flush=True)
-    fakes = [v["fake"] for v in out.values()]
-    unc = [v["uncertain"] for v in out.values()]
-    out["_summary"] = {"mean_fake": float(np.mean(fakes)), "worst_fake": float(np.max(fakes)),
-                       "worst_domain": max(out, key=lambda k: out[k]["fake"]),
-                       "mean_uncertain": float(np.mean(unc)), "worst_uncertain": float(np.max(unc)),
-                       "mean_val_fakes_labelled_fake": float(np.mean([v["val_fakes_labelled_fake"]
-                                                                      for v in out.values()]))}
+        _, vlab = f.labels(d.x[vf])
+        out[dom] = {rule: {**_shares(*lab[rule]), "val_fakes_labelled_fake": float(np.mean(vlab[rule][0] == "fake")),
+                           "threshold": f.decisions[rule].threshold,
+                           "set_by": f.decisions[rule].calibration.get("set_by", "pooled")} for rule in RULES}
+        out[dom]["seconds"] = round(time.time() - t, 1)
+        print(f"  F {r.name} seed {seed} without {dom}: " + ", ".join(
+            f"{rule} {out[dom][rule]['fake']:.3f}/{out[dom][rule]['uncertain']:.3f}" for rule in RULES),
+            file=sys.stderr, flush=True)
+    summary = {}
+    doms = [k for k in out if not k.startswith("_")]
+    for rule in RULES:
+        fakes = {k: out[k][rule]["fake"] for k in doms}
+        unc = [out[k][rule]["uncertain"] for k in doms]
+        summary[rule] = {"mean_fake": float(np.mean(list(fakes.values()))), "worst_fake": max(fakes.values()),
+                         "worst_domain": max(fakes, key=fakes.get), "mean_uncertain": float(np.mean(unc)),
+                         "worst_uncertain": float(np.max(unc)),
+                         "mean_val_fakes_labelled_fake": float(np.mean([out[k][rule]["val_fakes_labelled_fake"]
+                                                                        for k in doms]))}
+    out["_summary"] = summary
+    print(f"  F {r.name} seed {seed}: {json.dumps(summary)}", file=sys.stderr, flush=True)
     return out
 
 
@@ -216,39 +227,49 @@ def protocol_d(d: Data, r: Recipe, seed: int) -> dict:
         for gen in sorted(set(d.generator[in_coll & (d.y == 1)].tolist())):
             fk = np.flatnonzero(in_coll & (d.y == 1) & (d.generator == gen))
             idx = np.concatenate([reals, fk]) if coll == "people" else np.flatnonzero(in_coll & (d.generator == gen))
-            p, lab, why = f.labels(d.x[idx])
+            p, lab = f.labels(d.x[idx])
             y = d.y[idx]
             out[gen] = {"ap": _ap(y, p), "n_real": int((y == 0).sum()), "n_fake": int(y.sum()),
-                        "fakes_labelled_fake": float(np.mean(lab[y == 1] == "fake")),
-                        "reals_labelled_fake": float(np.mean(lab[y == 0] == "fake")),
-                        "reals_uncertain": float(np.mean(lab[y == 0] == "uncertain"))}
-    aps = [v["ap"] for v in out.values() if v["ap"] is not None]
-    out["_summary"] = {"mean_ap": float(np.mean(aps)),
-                       "mean_ap_people": float(np.mean([v["ap"] for k, v in out.items() if k.startswith("people_")])),
-                       "mean_fakes_labelled_fake": float(np.mean([v["fakes_labelled_fake"] for v in out.values()
-                                                                  if isinstance(v, dict) and "ap" in v]))}
+                        **{rule: {"fakes_labelled_fake": float(np.mean(lab[rule][0][y == 1] == "fake")),
+                                  "reals_labelled_fake": float(np.mean(lab[rule][0][y == 0] == "fake")),
+                                  "reals_uncertain": float(np.mean(lab[rule][0][y == 0] == "uncertain"))}
+                           for rule in RULES}}
+    gens = list(out)
+    out["_summary"] = {"mean_ap": float(np.mean([out[g]["ap"] for g in gens])),
+                       "mean_ap_people": float(np.mean([out[g]["ap"] for g in gens if g.startswith("people_")])),
+                       **{rule: {"mean_fakes_labelled_fake": float(np.mean([out[g][rule]["fakes_labelled_fake"]
+                                                                            for g in gens]))} for rule in RULES}}
     print(f"  D {r.name} seed {seed}: {out['_summary']}", file=sys.stderr, flush=True)
     return out
 
 
-def release_view(d: Data, r: Recipe, seed: int, split: str) -> dict:
-    """The release (train on all train, calibrate on val), per real domain and per generator on `split`."""
+def release_view(d: Data, r: Recipe, seed: int, splits: list[str]) -> dict:
+    """The release (train on all train, calibrate on val), per real domain and per generator on each split."""
     f = Fitted(d, np.flatnonzero(d.split == "train"), np.flatnonzero(d.split == "val"), r, seed)
+    return {split: _view(d, f, split) for split in splits}
+
+
+def _view(d: Data, f: Fitted, split: str) -> dict:
     idx = np.flatnonzero(d.split == split)
-    p, lab, why = f.labels(d.x[idx])
+    p, labs = f.labels(d.x[idx])
     y, kind, gen = d.y[idx], d.kind[idx], d.generator[idx]
-    out = {"threshold": f.decision.threshold, "band": f.decision.uncertain,
-           "set_by": f.decision.calibration.get("set_by", "pooled"), "reals": {}, "fakes": {}, "ap": {}}
-    for k in sorted(set(kind[y == 0].tolist())):
-        m = (y == 0) & (kind == k)
-        out["reals"][k] = _shares(lab[m], why[m])
-    for g in sorted(set(gen[y == 1].tolist())):
-        m = (y == 1) & (gen == g)
-        out["fakes"][g] = _shares(lab[m], why[m])
+    out = {"rules": {}, "ap": {}}
+    reals, fakes = y == 0, y == 1
+    for rule, (lab, why) in labs.items():
+        dec = f.decisions[rule]
+        row = {"threshold": dec.threshold, "band": dec.uncertain, "set_by": dec.calibration.get("set_by", "pooled"),
+               "reals": {}, "fakes": {}}
+        for k in sorted(set(kind[reals].tolist())):
+            m = reals & (kind == k)
+            row["reals"][k] = _shares(lab[m], why[m])
+        for g in sorted(set(gen[fakes].tolist())):
+            m = fakes & (gen == g)
+            row["fakes"][g] = _shares(lab[m], why[m])
+        row["all"] = {"reals": _shares(lab[reals], why[reals]), "fakes": _shares(lab[fakes], why[fakes])}
+        out["rules"][rule] = row
+    for g in sorted(set(gen[fakes].tolist())):
         src = gen == g
         out["ap"][g] = _ap(y[src], p[src]) if (y[src] == 0).any() else None
-    reals, fakes = y == 0, y == 1
-    out["all"] = {"reals": _shares(lab[reals], why[reals]), "fakes": _shares(lab[fakes], why[fakes])}
     people_reals = reals & np.array([k in ("portraits-pixabay", "studio-portraits", "lfw") for k in kind])
     people_fakes = fakes & np.array([g.startswith("people_") for g in gen])
     both = people_reals | people_fakes
@@ -260,7 +281,7 @@ def release_view(d: Data, r: Recipe, seed: int, split: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipes", nargs="+", default=["base", "sqrt-domain-fam"], choices=list(RECIPES))
+    ap.add_argument("--recipes", nargs="+", default=["base", "sqrt"], choices=list(RECIPES))
     ap.add_argument("--protocols", nargs="+", default=["F", "D", "V"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--test", action="store_true", help="also the held-out test split (the chosen recipe only)")
@@ -269,7 +290,7 @@ def main() -> None:
     d = load()
     print(f"{len(d.y)} images, {int((d.y == 0).sum())} real in {len(real_domains(d))} domains", file=sys.stderr)
     doc = {"recipes": {}, "train": asdict(TRAIN), "target_fpr": TARGET_FPR, "band_fpr": BAND,
-           "min_domain_reals": MIN_DOMAIN}
+           "min_domain_reals": MIN_DOMAIN, "rules": RULES, "unfamiliar_below": ALPHA}
     for name in args.recipes:
         r = RECIPES[name]
         res: dict = {"recipe": asdict(r)}
@@ -280,10 +301,9 @@ def main() -> None:
                 row["F"] = protocol_f(d, r, seed)
             if "D" in args.protocols:
                 row["D"] = protocol_d(d, r, seed)
-            if "V" in args.protocols:
-                row["V"] = release_view(d, r, seed, "val")
-            if args.test:
-                row["test"] = release_view(d, r, seed, "test")
+            if "V" in args.protocols or args.test:
+                row.update(release_view(d, r, seed, (["val"] if "V" in args.protocols else [])
+                                        + (["test"] if args.test else [])))
             row["seconds"] = round(time.time() - t, 1)
             res[f"seed{seed}"] = row
         doc["recipes"][name] = res
