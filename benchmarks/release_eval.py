@@ -1,16 +1,18 @@
 """The released heads on the release's held-out test split (never trained or calibrated on).
 
 The test split (benchmarks/results/release-manifest.csv, `split == test`) holds 30% of modern-2025 and
-faces-2025: camera photographs, 2024–2026 generators and StyleGAN3 faces. For each head: AP per source,
-and at the checkpoint's own decision rule, the share of camera photos labelled `fake` (false positives),
-`uncertain`, and of generated images labelled `fake`. The previous release (2026-11-25) is scored on the
-same images for comparison.
+faces-2025 (camera photographs, 2024–2026 generators, StyleGAN3 faces) and 30% of people-2026 and
+photos-2026 (stock, studio and news portraits, camera, indoor and phone photos; generated people split by
+prompt). For each head, at the checkpoint's own decision rule (threshold, abstain band, familiarity
+abstention): per kind of real photo the share labelled `fake` and `uncertain`; per generator the share
+labelled `fake`; AP per source and its mean. Earlier releases are scored on the same images for comparison.
 
-    python benchmarks/release_eval.py
+    python benchmarks/release_eval.py [--heads NAME ...]
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import sys
@@ -22,13 +24,17 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 MANIFEST = HERE / "results" / "release-manifest.csv"
 PREVIOUS = HERE / "results" / "previous-release"
+RELEASE_1126 = HERE / "results" / "release-2026-11-26"
 HEADS = {
     "causalclip-vitb16": "causalclip-vitb16",
     "linear-vitb16": "linear-vitb16",
     "causalclip-vitb16-crops": "causalclip-vitb16-crops",
-    "previous causalclip-vitb16 (2026-11-25)": str(PREVIOUS / "causalclip-vitb16.safetensors"),
-    "previous linear-vitb16 (2026-11-25)": str(PREVIOUS / "linear-vitb16.safetensors"),
+    "causalclip-vitb16 (2026-11-26)": str(RELEASE_1126 / "causalclip-vitb16.safetensors"),
+    "linear-vitb16 (2026-11-26)": str(RELEASE_1126 / "linear-vitb16.safetensors"),
+    "causalclip-vitb16 (2026-11-25)": str(PREVIOUS / "causalclip-vitb16.safetensors"),
 }
+DEFAULT_HEADS = ["causalclip-vitb16", "linear-vitb16", "causalclip-vitb16 (2026-11-26)",
+                 "linear-vitb16 (2026-11-26)", "causalclip-vitb16 (2026-11-25)"]
 
 
 def test_samples() -> list:
@@ -39,8 +45,12 @@ def test_samples() -> list:
         for r in csv.DictReader(fh):
             if r["split"] == "test":
                 path = str((MANIFEST.parent / r["path"]).resolve())
-                out.append(Sample(path, int(r["label"]), r["generator"], "test"))
+                out.append(Sample(path, int(r["label"]), r["generator"], "test", r.get("domain", "")))
     return out
+
+
+def _share(labels: np.ndarray, value: str) -> float | None:
+    return float(np.mean(labels == value)) if len(labels) else None
 
 
 def score(checkpoint: str, samples: list) -> dict:
@@ -51,39 +61,82 @@ def score(checkpoint: str, samples: list) -> dict:
     det = load_detector(checkpoint, device="cpu", allow_download=False)
     fs = _detector_features(det, samples, EvalRequest(data=None, workers=1, batch_size=16))
     p = _probs(det, fs.x)
+    q = det.familiar(fs.x)
     dec = det.decision
-    labels = np.array([dec.label(float(v)) for v in p])
-    rows = {}
-    groups = sorted(set(fs.groups))
-    camera = np.array([g.startswith("modern") for g in fs.groups]) & (fs.y == 0)
-    for g in [*groups, "all modern", "all"]:
-        m = (np.array(fs.groups) == g) if g in groups else (
-            np.array([x.startswith("modern") for x in fs.groups]) if g == "all modern" else np.ones(len(p), bool))
-        r = binary_metrics(fs.y[m], p[m], dec.threshold)
-        rows[g] = {"n_real": r["n_real"], "n_fake": r["n_fake"], "ap": r["ap"], "auc": r["auc"],
-                   "real_labelled_fake": float(np.mean(labels[m & (fs.y == 0)] == "fake")) if r["n_real"] else None,
-                   "real_labelled_uncertain": float(np.mean(labels[m & (fs.y == 0)] == "uncertain"))
-                   if r["n_real"] else None,
-                   "fake_labelled_fake": float(np.mean(labels[m & (fs.y == 1)] == "fake")) if r["n_fake"] else None}
-    return {"model": det.model_id, "threshold": dec.threshold, "uncertain": dec.uncertain,
-            "camera_photos": int(camera.sum()),
-            "camera_labelled_fake": int(np.sum(labels[camera] == "fake")), "groups": rows}
+    verdicts = [dec.verdict(float(v), None if q is None else float(q[i])) for i, v in enumerate(p)]
+    labels = np.array([v[0] for v in verdicts])
+    reasons = np.array([v[1] or "" for v in verdicts])
+    kinds, gens, y = np.array(fs.kinds, dtype=object), np.array(fs.groups, dtype=object), fs.y
+    reals, fakes = y == 0, y == 1
+    out = {"model": det.model_id, "threshold": dec.threshold, "uncertain": dec.uncertain,
+           "unfamiliar_below": dec.unfamiliar_below, "reals": {}, "generators": {}, "ap": {}}
+    for k in sorted(set(kinds[reals].tolist())):
+        m = reals & (kinds == k)
+        out["reals"][k] = {"n": int(m.sum()), "fake": _share(labels[m], "fake"),
+                           "uncertain": _share(labels[m], "uncertain"), "unfamiliar": _share(reasons[m], "unfamiliar")}
+    for g in sorted(set(gens[fakes].tolist())):
+        m = fakes & (gens == g)
+        out["generators"][g] = {"n": int(m.sum()), "fake": _share(labels[m], "fake"),
+                                "uncertain": _share(labels[m], "uncertain")}
+        src = gens == g
+        if reals[src].any():
+            out["ap"][g] = binary_metrics(y[src], p[src], dec.threshold)["ap"]
+    people = np.array([g.startswith("people_") for g in gens])
+    out["ap"]["people-2026 (all reals vs all generated)"] = binary_metrics(y[people], p[people], 0.5)["ap"]
+    out["mean_ap"] = float(np.mean(list(out["ap"].values())))
+    out["all"] = {"reals": int(reals.sum()), "reals_fake": _share(labels[reals], "fake"),
+                  "reals_uncertain": _share(labels[reals], "uncertain"),
+                  "fakes": int(fakes.sum()), "fakes_fake": _share(labels[fakes], "fake"),
+                  "fakes_uncertain": _share(labels[fakes], "uncertain")}
+    worst = max(out["reals"], key=lambda k: out["reals"][k]["fake"])
+    out["all"]["worst_real_domain"] = worst
+    out["all"]["worst_real_domain_fake"] = out["reals"][worst]["fake"]
+    return out
+
+
+def tables(doc: dict) -> str:
+    lines = ["| head | reals labelled fake | worst kind of real photo | reals uncertain | generated labelled fake "
+             "| generated uncertain | mean AP over sources |", "|---|---|---|---|---|---|---|"]
+    for name, d in doc.items():
+        a = d["all"]
+        lines.append(f"| {name} | {a['reals_fake']:.1%} of {a['reals']} | {a['worst_real_domain']} "
+                     f"{a['worst_real_domain_fake']:.1%} | {a['reals_uncertain']:.1%} | {a['fakes_fake']:.1%} of "
+                     f"{a['fakes']} | {a['fakes_uncertain']:.1%} | {d['mean_ap']:.3f} |")
+    names = list(doc)
+    kinds = sorted({k for d in doc.values() for k in d["reals"]})
+    lines += ["", "Reals, per kind: labelled `fake` / `uncertain` (unfamiliar share in brackets, where the head "
+              "has a familiarity reference)", "",
+              "| kind of real photo | n | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for k in kinds:
+        cells = []
+        for name in names:
+            r = doc[name]["reals"].get(k)
+            fam = f" ({r['unfamiliar']:.0%})" if r and doc[name]["unfamiliar_below"] is not None else ""
+            cells.append(f"{r['fake']:.1%} / {r['uncertain']:.1%}{fam}" if r else "–")
+        n = next(doc[name]["reals"][k]["n"] for name in names if k in doc[name]["reals"])
+        lines.append(f"| {k} | {n} | " + " | ".join(cells) + " |")
+    gens = sorted({g for d in doc.values() for g in d["generators"]})
+    lines += ["", "Generated images, per generator: labelled `fake` (AP against the reals of its collection)", "",
+              "| generator | n | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for g in gens:
+        cells = []
+        for name in names:
+            r = doc[name]["generators"].get(g)
+            ap = doc[name]["ap"].get(g)
+            cells.append((f"{r['fake']:.1%}" + (f" ({ap:.3f})" if ap is not None else "")) if r else "–")
+        n = next(doc[name]["generators"][g]["n"] for name in names if g in doc[name]["generators"])
+        lines.append(f"| {g} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--heads", nargs="+", default=DEFAULT_HEADS, choices=list(HEADS))
+    args = ap.parse_args()
     samples = test_samples()
-    doc = {name: score(ck, samples) for name, ck in HEADS.items() if Path(ck).is_file() or "/" not in ck}
+    doc = {name: score(HEADS[name], samples) for name in args.heads}
     (HERE / "results" / "release_eval.json").write_text(json.dumps(doc, indent=1))
-    lines = ["| head | camera photos labelled fake | modern AP | faces AP | all-test AP | generated labelled fake |",
-             "|---|---|---|---|---|---|"]
-    for name, d in doc.items():
-        g = d["groups"]
-        lines.append(f"| {name} | {d['camera_labelled_fake']}/{d['camera_photos']} "
-                     f"({d['camera_labelled_fake'] / max(d['camera_photos'], 1):.1%}) | "
-                     f"{g['all modern']['ap']:.3f} | "
-                     f"{g['faces_stylegan3']['ap']:.3f} | {g['all']['ap']:.3f} | "
-                     f"{g['all']['fake_labelled_fake']:.1%} |")
-    md = "\n".join(lines) + "\n"
+    md = tables(doc)
     (HERE / "results" / "release_eval.md").write_text(md)
     print(md, file=sys.stderr)
 
