@@ -72,6 +72,9 @@ DecodeBatch = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 # A batch of 128 decoded 12-MP photos is ~4.6 GB of uint8 on the GPU; above this an image goes to the CPU path,
 # whose draft mode decodes it at reduced scale (and whose bomb guards give the usual error records).
 GPU_MAX_PIXELS = 40_000_000
+# Decoded pixels held at once per decode call: a batch is split into calls of at most this many pixels, so 128
+# large photos do not need 128 full-size RGB buffers at the same time (600 MP = 1.8 GB of uint8).
+GPU_CALL_PIXELS = 600_000_000
 # nvJPEG's hardware (A100/H100) engine takes baseline JPEGs only; the CUDA fallback for progressive ones is not
 # measured yet, so they keep the CPU path (flip after a GPU run shows it is faster and equal).
 PROGRESSIVE_ON_GPU = False
@@ -197,9 +200,8 @@ def jpeg_header(data: bytes) -> JpegHeader | None:
     return None
 
 
-def _gpu_refusal(data: bytes) -> str | None:
+def _gpu_refusal(data: bytes, hdr: JpegHeader | None) -> str | None:
     """Why a JPEG's bytes go to the CPU path (None: the GPU decoder takes it)."""
-    hdr = jpeg_header(data)
     if hdr is None:
         return "no readable frame header"
     if hdr.sof == _SOF_PROGRESSIVE and not PROGRESSIVE_ON_GPU:
@@ -272,6 +274,7 @@ class _Read:
     item: dict[str, Any]
     data: bytes | None = None
     cpu_reason: str | None = None  # set: decode with ScanDataset (the CPU path)
+    pixels: int = 0  # from the frame header, for GPU_CALL_PIXELS
 
 
 def _base_item(i: int, path: str) -> dict[str, Any]:
@@ -300,8 +303,10 @@ def _read_file(i: int, path: str, explicit: frozenset[str]) -> _Read:
         return _Read(item)
     if fmt != "jpeg":
         return _Read(item, cpu_reason=fmt)
-    why = _gpu_refusal(data)
-    return _Read(item, data=None if why else data, cpu_reason=why)
+    hdr = jpeg_header(data)
+    why = _gpu_refusal(data, hdr)
+    return _Read(item, data=None if why else data, cpu_reason=why,
+                 pixels=hdr.width * hdr.height if hdr is not None else 0)
 
 
 def _header_and_provenance(r: _Read, provenance: bool) -> int:
@@ -517,9 +522,22 @@ class GpuDecodeLoader:
         return collate_scan(items)
 
     def _decode_gpu(self, gpu: list[_Read], orientations: dict[int, int]) -> list[_Read]:
-        """Decode and preprocess `gpu` in place; returns those the decoder refused (for the CPU path)."""
-        if not gpu:
-            return []
+        """Decode and preprocess `gpu` in place, in calls of at most GPU_CALL_PIXELS; returns those the decoder
+        refused (for the CPU path)."""
+        refused: list[_Read] = []
+        call: list[_Read] = []
+        pixels = 0
+        for r in gpu:
+            if call and pixels + r.pixels > GPU_CALL_PIXELS:
+                refused += self._decode_call(call, orientations)
+                call, pixels = [], 0
+            call.append(r)
+            pixels += r.pixels
+        if call:
+            refused += self._decode_call(call, orientations)
+        return refused
+
+    def _decode_call(self, gpu: list[_Read], orientations: dict[int, int]) -> list[_Read]:
         datas = [torch.frombuffer(bytearray(r.data or b""), dtype=torch.uint8) for r in gpu]
         try:
             decoded: list[torch.Tensor | None] = list(self.decode_batch(datas))

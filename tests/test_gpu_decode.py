@@ -147,7 +147,8 @@ def test_pixels_match_the_pil_path_within_one_grey_level(tmp_path: Path) -> None
 
 def test_routes(mixed: Path) -> None:
     def why(name: str) -> str | None:
-        return gpu_decode._gpu_refusal((mixed / name).read_bytes())
+        data = (mixed / name).read_bytes()
+        return gpu_decode._gpu_refusal(data, jpeg_header(data))
 
     assert why("a_good.jpg") is None and why("n_gray.jpg") is None and why("c_exif6.jpg") is None
     assert why("d_cmyk.jpg") == "CMYK/YCCK"
@@ -228,6 +229,37 @@ def test_size_guard_is_a_setting(detector, mixed: Path, monkeypatch: pytest.Monk
     cpu, _ = _records(detector, mixed, "cpu", 8, 0)
     assert [_key(r) for r in gpu] == [_key(r) for r in cpu]
     assert stats.gpu == 0 and stats.reasons["size guard"] == 12  # the 10 plain JPEGs, the huge and the truncated
+
+
+def test_decode_calls_are_split_by_pixels(detector, mixed: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    monkeypatch.setattr(gpu_decode, "GPU_CALL_PIXELS", 250_000)  # two or three small JPEGs per call
+    sizes: list[int] = []
+
+    def counting(datas: list[torch.Tensor]) -> list[torch.Tensor]:
+        sizes.append(len(datas))
+        return cpu_decode_batch(datas)
+
+    gpu, _ = _records(detector, mixed, "gpu", 32, 0, decode_batch=counting)
+    cpu, _ = _records(detector, mixed, "cpu", 32, 0)
+    assert [_key(r) for r in gpu] == [_key(r) for r in cpu]
+    assert sum(sizes) == 10 and len(sizes) > 2 and max(sizes) <= 4
+
+
+def test_eval_features_with_the_gpu_path(mixed: Path, tmp_path: Path) -> None:
+    from causalclip_cli.backbones import _preprocess_for
+    from causalclip_cli.features import FeatureCache, extract_features
+
+    pre = _preprocess_for("ViT-B-16", "openai", 32)
+    paths = sorted(str(p) for p in mixed.iterdir())
+
+    def embed(px: torch.Tensor) -> torch.Tensor:
+        return px.flatten(1)[:, :64]
+
+    cpu = extract_features(paths, embed, pre, None, batch_size=4)
+    gpu = extract_features(paths, embed, pre, FeatureCache(tmp_path, "x", "y"), batch_size=4, decoder="gpu",
+                           device="cpu")  # decode_jpeg on the CPU stands in for nvJPEG
+    assert gpu.ok == cpu.ok and sorted(gpu.failed) == sorted(cpu.failed)
+    assert np.abs(gpu.features - cpu.features).mean() < DRAFT_MEAN_TOL
 
 
 def test_unsupported_recipe_scans_on_the_cpu_and_says_so(detector, mixed: Path) -> None:  # noqa: ANN001
