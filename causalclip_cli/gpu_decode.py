@@ -6,17 +6,20 @@ Why: on an H100 the model scores ~5,300 images/s but PIL decoding in 14 processe
 
 What goes where, per file (`route` decides from the bytes, before any pixel is decoded):
   GPU   baseline/extended 8-bit Huffman JPEGs with 1 or 3 components that end in an EOI marker and are at most
-        GPU_MAX_PIXELS: one `decode_batch` call per batch, then EXIF orientation, short side → `size` (bicubic,
-        antialiased, rounded to 8 bit like PIL), centre crop and normalisation with the checkpoint's mean/std.
+        GPU_MAX_PIXELS: `decode_batch` calls of at most GPU_CALL_PIXELS per batch, then the CPU path's draft
+        scale as a box average, EXIF orientation, short side → `size` (bicubic, antialiased, two 8-bit passes
+        like PIL), centre crop and normalisation with the checkpoint's mean/std.
   CPU   everything else, and any JPEG the GPU decoder refuses: exactly today's path (data.ScanDataset: PIL, draft
         mode, EXIF transpose, bomb guards), in worker processes, so errors and records are the CPU path's own.
 Provenance is read from the bytes already in memory with provenance.read_provenance, as the CPU path does.
 
 Known differences from the CPU path (measured by benchmarks/gpu_decode_fidelity.py, bounded in
-tests/test_gpu_decode.py): JPEG decoders (libjpeg-turbo vs nvJPEG IDCT/upsampling) differ by a grey level or so;
-the CPU path decodes JPEGs whose short side is ≥ 2×size at a reduced DCT scale (Pillow's draft mode, up to 1/8)
-before the bicubic resize, the GPU path decodes every pixel and lets the antialiased resize do all the
-shrinking; progressive JPEGs stay on the CPU (PROGRESSIVE_ON_GPU) until measured on a GPU.
+tests/test_gpu_decode.py): the IDCT and chroma upsampling of nvJPEG and libjpeg-turbo may differ by a grey level
+or so (not measured yet; on the CPU stand-in, no-draft crops match the PIL path to 0.01 grey levels mean);
+the CPU path decodes JPEGs whose short side is ≥ 2×size at a reduced DCT scale (Pillow's draft mode, 1/2 to
+1/8), nvJPEG cannot, so the GPU path decodes every pixel and box-averages by the same factor (0.2-0.4 grey levels
+mean |Δ| on the release's photos, a few levels at most); JPEGs over GPU_MAX_PIXELS (the CPU path's huge-image
+draft and bomb guards apply to them) and progressive ones (PROGRESSIVE_ON_GPU) stay on the CPU.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from causalclip_cli.data import (
     NOT_AN_IMAGE,
     ScanBatch,
     ScanDataset,
+    _draft_scale,
     _open_regular,
     _sniff_bytes,
     collate_scan,
@@ -54,6 +58,7 @@ __all__ = [
     "check_decode",
     "choose_decoder",
     "cpu_decode_batch",
+    "draft_scale",
     "gpu_preprocess",
     "jpeg_header",
     "make_scan_loader",
@@ -230,7 +235,7 @@ def _orientation(img: Any) -> int:
 
 
 def apply_orientation(x: torch.Tensor, orientation: int) -> torch.Tensor:
-    """EXIF orientation on a [C, H, W] tensor, as PIL's ImageOps.exif_transpose does it."""
+    """EXIF orientation on a [..., H, W] tensor, as PIL's ImageOps.exif_transpose does it."""
     if orientation == 2:
         return x.flip(-1)
     if orientation == 3:
@@ -248,16 +253,34 @@ def apply_orientation(x: torch.Tensor, orientation: int) -> torch.Tensor:
     return x
 
 
-def gpu_preprocess(x: torch.Tensor, pre: Preprocess) -> torch.Tensor:
-    """Decoded uint8 [3, H, W] → float32 [3, size, size]: the `resize` recipe (Preprocess.resize_crop + normalize)
-    in torch, on whatever device `x` is on."""
+def draft_scale(width: int, height: int, pre: Preprocess) -> int:
+    """The DCT scale (1, 2, 4, 8) the CPU path decodes a width×height JPEG at (Pillow's draft mode, data.py)."""
+    from PIL import Image
+
+    return _draft_scale(width, height, pre.decode_min_size, Image.MAX_IMAGE_PIXELS)
+
+
+def gpu_preprocess(x: torch.Tensor, pre: Preprocess, orientation: int = 1, draft: bool = True) -> torch.Tensor:
+    """Decoded uint8 [3, H, W] as stored in the file → float32 [3, size, size]: the CPU path's `resize` recipe
+    (draft scale, EXIF orientation, Preprocess.resize_crop, normalize) in torch, on whatever device `x` is on.
+
+    `draft`: reduce by the CPU path's DCT scale first, as a box average (libjpeg's scaled IDCT is close to one:
+    measured 0.2-0.4 grey levels mean |Δ| on the release's photos, against 0.4-3.6 without it)."""
     s = pre.size
-    _, h, w = x.shape
-    nw, nh = pre.short_side_size(w, h)
     y = x.unsqueeze(0).float()
-    if (nw, nh) != (w, h):
-        # antialias=True is torch's port of PIL's resampling (bicubic a=-0.5, support scaled when shrinking);
-        # rounding to 8 bit matches PIL, which resizes uint8 images to uint8.
+    k = draft_scale(x.shape[2], x.shape[1], pre) if draft else 1
+    if k > 1:
+        y = torch.nn.functional.avg_pool2d(y, k, k, ceil_mode=True).round_()  # ceil: libjpeg's scaled size
+    y = apply_orientation(y, orientation)  # after the draft, as PIL transposes the reduced image
+    _, _, h, w = y.shape
+    nw, nh = pre.short_side_size(w, h)
+    # Two passes, horizontal first, each rounded and clipped to 8 bit: PIL's uint8 resampling does exactly that
+    # (one pass in float differs by up to 8 grey levels at sharp edges, where bicubic overshoots). antialias=True
+    # is torch's port of PIL's kernel (a = -0.5, support widened when shrinking).
+    if nw != w:
+        y = torch.nn.functional.interpolate(y, size=(h, nw), mode="bicubic", antialias=True, align_corners=False)
+        y = y.clamp_(0, 255).round_()
+    if nh != h:
         y = torch.nn.functional.interpolate(y, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
         y = y.clamp_(0, 255).round_()
     top, left = int(round((nh - s) / 2.0)), int(round((nw - s) / 2.0))
@@ -553,8 +576,8 @@ class GpuDecodeLoader:
             if x is None or x.dim() != 3 or x.shape[0] != 3:
                 refused.append(r)
                 continue
-            x = apply_orientation(x, orientations.get(r.item["index"], 1))
-            r.item["tensor"] = gpu_preprocess(x, self.pre).unsqueeze(0)  # [views=1, 3, s, s], as ScanDataset's
+            x = gpu_preprocess(x, self.pre, orientations.get(r.item["index"], 1))
+            r.item["tensor"] = x.unsqueeze(0)  # [views=1, 3, s, s], as ScanDataset's
             r.item["decoder"] = "gpu"
             r.data = None
         return refused
