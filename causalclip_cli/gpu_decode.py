@@ -24,6 +24,7 @@ draft and bomb guards apply to them) and progressive ones (PROGRESSIVE_ON_GPU) s
 
 from __future__ import annotations
 
+import functools
 import io
 import queue
 import threading
@@ -285,9 +286,15 @@ def gpu_preprocess(x: torch.Tensor, pre: Preprocess, orientation: int = 1, draft
         y = y.clamp_(0, 255).round_()
     top, left = int(round((nh - s) / 2.0)), int(round((nw - s) / 2.0))
     y = y[0, :, top:top + s, left:left + s]
-    mean = torch.tensor(pre.mean, dtype=torch.float32, device=y.device).view(3, 1, 1)
-    std = torch.tensor(pre.std, dtype=torch.float32, device=y.device).view(3, 1, 1)
+    mean, std = _mean_std(pre.mean, pre.std, str(y.device))
     return ((y / 255.0 - mean) / std).contiguous()
+
+
+@functools.lru_cache(maxsize=8)
+def _mean_std(mean: tuple, std: tuple, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    # Once per device, not a host-to-device copy per image.
+    return (torch.tensor(mean, dtype=torch.float32, device=device).view(3, 1, 1),
+            torch.tensor(std, dtype=torch.float32, device=device).view(3, 1, 1))
 
 
 @dataclass
