@@ -209,6 +209,17 @@ def test_scan_matches_the_cpu_path(detector, mixed: Path, batch: int, workers: i
     assert "decode: gpu 10 JPEGs" in stats.line()
 
 
+def test_c2pa_provenance_from_the_bytes_in_memory(detector, shared_data: Path) -> None:  # noqa: ANN001
+    src = shared_data / "provenance"
+    if not src.is_dir():
+        pytest.skip(f"{src} not present")
+    stats = DecodeStats()
+    gpu, _ = _records(detector, src, "gpu", 4, 0, stats)
+    cpu, _ = _records(detector, src, "cpu", 4, 0)
+    assert [_key(r) for r in gpu] == [_key(r) for r in cpu]  # C2PA state, signer, evidence: all equal
+    assert stats.gpu >= 1 and any(r.provenance and r.provenance.get("c2pa") for r in gpu)
+
+
 def test_decoder_refusal_falls_back_per_file(detector, mixed: Path) -> None:  # noqa: ANN001
     refuse = (mixed / "b_small.jpg").read_bytes()
 
