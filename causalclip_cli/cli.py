@@ -204,7 +204,8 @@ def scan(
     actors: Annotated[int | None, typer.Option(min=1, help="--engine ray: detector actors (default: one per "
                                                            "GPU, else 1).")] = None,
     purify: Annotated[str | None, typer.Option(
-        help="Purify inputs first: jpeg[:Q], blur[:SIGMA], rescale[:FACTOR], median[:K] or learned:PATH.")] = None,
+        help="Purify inputs first: jpeg[:Q], blur[:SIGMA], rescale[:FACTOR], median[:K], learned (the shipped "
+             "purifier; see `causalclip info`) or learned:NAME|PATH.")] = None,
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     crops: Annotated[int | None, typer.Option(
         help="Crops scored per image: 1, 5 or 9 (default: the checkpoint's). More crops of a full-resolution "
@@ -489,7 +490,8 @@ def evaluate(
     attack_source: Annotated[str | None, typer.Option(
         help="Craft the attack on this checkpoint, evaluate on --checkpoint (transfer).")] = None,
     purify: Annotated[str | None, typer.Option(
-        help="Purify inputs first: jpeg[:Q], blur[:SIGMA], rescale[:FACTOR], median[:K] or learned:PATH.")] = None,
+        help="Purify inputs first: jpeg[:Q], blur[:SIGMA], rescale[:FACTOR], median[:K], learned (the shipped "
+             "purifier; see `causalclip info`) or learned:NAME|PATH.")] = None,
     adaptive: Annotated[bool, typer.Option(help="Attack through the purifier (BPDA for JPEG).")] = False,
     limit: Annotated[int | None, typer.Option(min=2, help="Attack/purify eval: a deterministic, class-balanced "
                                                    "sample of at most N images.")] = None,

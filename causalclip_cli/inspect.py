@@ -62,6 +62,7 @@ def gather_info(checkpoint: str | None = None, backbone_weights: str | None = No
         if checkpoint:  # an explicit checkpoint that fails is an error; a missing default is reported
             raise
         out["problems"].append(str(exc))
+    out["purifier"] = _purifier_info(out["problems"])
     b = (meta or {}).get("backbone", {})
     spec = BackboneSpec(name=b.get("name", "ViT-B-16"), pretrained=b.get("pretrained", "openai"),
                         weights=backbone_weights)
@@ -76,6 +77,39 @@ def gather_info(checkpoint: str | None = None, backbone_weights: str | None = No
     except CausalClipError as exc:
         out["problems"].append(str(exc))
     return out
+
+
+def _purifier_info(problems: list[str]) -> dict | None:
+    """The shipped learned purifier (`--purify learned`), or None when none is installed."""
+    from causalclip_cli.purify import purifier_summary, resolve_purifier
+
+    try:
+        return purifier_summary(resolve_purifier(None))
+    except CausalClipError as exc:
+        problems.append(f"--purify learned: {exc}")
+        return None
+
+
+def _purifier_text(pu: dict) -> list[tuple[str, str]]:
+    rows = [("purifier", f"{pu['path']} (--purify learned)")]
+    cfg = ", ".join(f"{k} {v}" for k, v in (pu.get("config") or {}).items())
+    rows.append(("  network", f"{pu.get('kind')} ({cfg})"))
+    heads = ", ".join(pu.get("heads") or []) or "?"
+    rows.append(("  training", f"{pu.get('images') or str(pu.get('n_images')) + ' images'}; {pu.get('steps')} steps "
+                               f"against {heads}"))
+    fb, fa = pu.get("feature_error_before"), pu.get("feature_error_after")
+    if isinstance(fb, float) and isinstance(fa, float):
+        clean = pu.get("feature_error_clean")
+        rows.append(("  feature error", f"adversarial {fb:.3f} → {fa:.3f} through it"
+                                        + (f" (clean images {clean:.4f})" if isinstance(clean, float) else "")))
+    bar = pu.get("ship_bar") or {}
+    if bar.get("evaluated"):
+        text = ("passed" if bar.get("passed") else "not passed") + f" ({bar.get('bar', '')}"
+        text += f"; {bar['n_images']} held-out images)" if bar.get("n_images") else ")"
+    else:
+        text = f"not passed: {bar.get('reason', 'never checked')}"
+    rows.append(("  ship bar", text))
+    return rows
 
 
 def render_info(data: dict) -> None:
@@ -111,6 +145,9 @@ def render_info(data: dict) -> None:
         t.add_row("backbone", f"{bb['config']} / {bb['pretrained']} from {bb['source']} ({state})")
         t.add_row("  file", str(bb.get("path")))
         t.add_row("  sha256", str(bb.get("sha256")))
+    if data.get("purifier"):
+        for k, v in _purifier_text(data["purifier"]):
+            t.add_row(k, v)
     for p in data["problems"]:
         t.add_row("[yellow]problem[/]", p)
     con.print(t)

@@ -5,7 +5,8 @@ resize/crop and before mean/std normalisation, to a batch of the same shape. Bas
 re-encoding, Gaussian blur, downscale-upscale, median filter. The learned purifier is a small residual
 denoising CNN in the spirit of CoDefend (Zhu, Liu, Hua et al., arXiv 2510.11096), trained by
 `causalclip train-purifier` on pairs of (adversarial, clean) images and stored as safetensors with a
-JSON metadata document, like the heads.
+JSON metadata document, like the heads; `purifier_train.PurifierUNet` is the larger GPU-trained kind
+(issue 21). `--purify learned` resolves the shipped purifier by name, as checkpoints are resolved.
 
 For adaptive attacks each purifier also has `for_attack`: differentiable purifiers are used directly;
 non-differentiable ones (JPEG) pass the gradient straight through (BPDA: forward = purifier, backward =
@@ -35,7 +36,8 @@ from causalclip_cli.preprocess import Preprocess
 
 PURIFIER_KEY = "causalclip-purifier"
 PURIFIER_FORMAT = 1
-METHODS = ("jpeg[:Q]", "blur[:SIGMA]", "rescale[:FACTOR]", "median[:K]", "learned:PATH")
+METHODS = ("jpeg[:Q]", "blur[:SIGMA]", "rescale[:FACTOR]", "median[:K]", "learned[:NAME|PATH]")
+DEFAULT_PURIFIER = "purifier-vitb16"  # what `--purify learned` means
 
 
 # --------------------------------------------------------------------------- pixels ↔ tower input
@@ -189,7 +191,7 @@ class PurifierNet(nn.Module):
 
 
 class LearnedPurifier(Purifier):
-    def __init__(self, net: PurifierNet, metadata: dict | None = None, path: str | None = None) -> None:
+    def __init__(self, net: nn.Module, metadata: dict | None = None, path: str | None = None) -> None:
         self.net = net.eval()
         self.net.requires_grad_(False)
         self.metadata = metadata or {}
@@ -206,7 +208,7 @@ class LearnedPurifier(Purifier):
 
 
 def parse_purifier(text: str | None, device: str = "cpu") -> Purifier | None:
-    """'jpeg:75', 'blur:1', 'rescale:0.5', 'median:3', 'learned:PATH' (or 'none') → a Purifier."""
+    """'jpeg:75', 'blur:1', 'rescale:0.5', 'median:3', 'learned[:NAME|PATH]' (or 'none') → a Purifier."""
     if not text or text.strip().lower() in ("none", "off"):
         return None
     name, _, value = text.strip().partition(":")
@@ -223,26 +225,93 @@ def parse_purifier(text: str | None, device: str = "cpu") -> Purifier | None:
     except ValueError as exc:
         raise UsageError(f"--purify {text!r}: {exc}") from exc
     if name == "learned":
-        if not value:
-            raise UsageError("--purify learned:PATH needs the purifier file written by `causalclip train-purifier`")
-        return load_purifier(value).to(device)
+        return load_purifier(resolve_purifier(value or None)).to(device)
     raise UsageError(f"--purify {text!r}: unknown method; choose one of {', '.join(METHODS)}")
 
 
-# --------------------------------------------------------------------------- save / load
+# --------------------------------------------------------------------------- save / load / resolve by name
 
 
-def save_purifier(path: str | os.PathLike, net: PurifierNet, metadata: dict) -> Path:
+def purifier_dirs() -> list[Path]:
+    """Where shipped purifiers live: benchmarks/results/ of a checkout (benchmarks/adversarial.py writes them
+    there), else the copy a regular install puts under <prefix>/share/causalclip/purifiers."""
+    import sys
+
+    from causalclip_cli.settings import package_dir
+
+    return [package_dir().parent / "benchmarks" / "results", Path(sys.prefix) / "share" / "causalclip" / "purifiers"]
+
+
+def available_purifiers() -> list[str]:
+    names = {p.stem for d in purifier_dirs() if d.is_dir() for p in d.glob("purifier-*.safetensors")}
+    return sorted(names)
+
+
+def resolve_purifier(name_or_path: str | None = None) -> Path:
+    """A purifier file path, or the name of a shipped one (default: DEFAULT_PURIFIER); the error lists the
+    choices. Something that looks like a path is returned as is, so a missing file is reported as such."""
+    target = name_or_path or DEFAULT_PURIFIER
+    p = Path(target).expanduser()
+    if p.is_file() or "/" in target or os.sep in target or p.suffix == ".safetensors":
+        return p
+    for d in purifier_dirs():
+        for cand in (d / target, d / f"{target}.safetensors"):
+            if cand.is_file():
+                return cand
+    choices = ", ".join(available_purifiers()) or "none installed"
+    raise CheckpointError(f"purifier {target!r} not found (shipped purifiers: {choices})",
+                          hint="pass --purify learned:PATH to a file written by `causalclip train-purifier` or "
+                               "benchmarks/gpu_purifier/train.py")
+
+
+def ship_status(meta: dict) -> dict:
+    """Whether a purifier passed the ship bar (benchmarks/gpu_purifier/ship_check.py records it); purifiers
+    made before issue 21 carry no verdict and count as not passed."""
+    bar = meta.get("ship_bar")
+    if not isinstance(bar, dict):
+        return {"passed": False, "evaluated": False,
+                "reason": "never checked against the ship bar (PGD 4/255 success <= 0.5 at clean-AP cost <= 0.01)"}
+    return {"evaluated": True, **bar}
+
+
+def purifier_summary(path: str | os.PathLike) -> dict:
+    """What `causalclip info` shows of a purifier file: kind, training data and steps, feature error of
+    adversarial images before/after it, and the ship-bar verdict. Reads the metadata only."""
+    from causalclip_cli.checkpoint import read_safetensors_document
+
+    meta = read_safetensors_document(path, PURIFIER_KEY, "purifier", "see `causalclip train-purifier`")
+    tr = meta.get("training") or {}
+    cfg = tr.get("config") or {}
+    return {"path": str(path), "kind": meta.get("kind"), "config": meta.get("config"), "created": meta.get("created"),
+            "images": tr.get("images"), "n_images": tr.get("n_images"),
+            "heads": tr.get("heads") or ([Path(tr["checkpoint"]).stem] if tr.get("checkpoint") else None),
+            "steps": tr.get("iterations_run", cfg.get("iterations")),
+            "feature_weight": cfg.get("feature_weight"),
+            "feature_error_before": tr.get("feature_error_adv"),
+            "feature_error_after": tr.get("feature_error_purified_adv"),
+            "feature_error_clean": tr.get("feature_error_purified_clean"),
+            "ship_bar": ship_status(meta)}
+
+
+def save_purifier(path: str | os.PathLike, net: nn.Module, metadata: dict) -> Path:
     """safetensors + JSON metadata, written atomically like a checkpoint (a killed run leaves nothing)."""
     from causalclip_cli.checkpoint import save_safetensors
 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise UsageError(f"--output {path}: purifiers are .safetensors files")
-    meta = {"format_version": PURIFIER_FORMAT, "kind": "residual-cnn", "config": asdict(net.config),
+    kind = next(k for k, (cls, _) in _net_kinds().items() if isinstance(net, cls))
+    meta = {"format_version": PURIFIER_FORMAT, "kind": kind, "config": asdict(net.config),
             "tool": {"name": "causalclip", "version": __version__},
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **metadata}
     return save_safetensors(path, net, PURIFIER_KEY, meta)
+
+
+def _net_kinds() -> dict[str, tuple[type, type]]:
+    """Stored `kind` → (network class, config class)."""
+    from causalclip_cli.purifier_train import UNET_KIND, PurifierUNet, PurifierUNetConfig
+
+    return {"residual-cnn": (PurifierNet, PurifierNetConfig), UNET_KIND: (PurifierUNet, PurifierUNetConfig)}
 
 
 def load_purifier(path: str | os.PathLike) -> LearnedPurifier:
@@ -257,11 +326,13 @@ def load_purifier(path: str | os.PathLike) -> LearnedPurifier:
         state = load_file(str(p))
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for bad files
         raise CheckpointError(f"{path}: not a readable safetensors purifier ({exc})") from exc
-    if meta.get("format_version") != PURIFIER_FORMAT or meta.get("kind") != "residual-cnn":
+    kinds = _net_kinds()
+    if meta.get("format_version") != PURIFIER_FORMAT or meta.get("kind") not in kinds:
         raise CheckpointError(f"{path}: purifier format {meta.get('format_version')}/{meta.get('kind')}, "
-                              f"this tool reads {PURIFIER_FORMAT}/residual-cnn")
+                              f"this tool reads {PURIFIER_FORMAT}/{'|'.join(kinds)}")
+    cls, cfg_cls = kinds[meta["kind"]]
     try:
-        net = PurifierNet(PurifierNetConfig.from_dict(meta.get("config", {})))
+        net = cls(cfg_cls.from_dict(meta.get("config", {})))
         net.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{path}: tensors do not match the recorded purifier ({exc})") from exc
