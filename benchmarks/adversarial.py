@@ -162,7 +162,8 @@ def main() -> None:
     )
 
     t0 = time.perf_counter()
-    det_c = load_detector(str(args.causalclip), device=args.device)
+    # fp32 everywhere: on CUDA `auto` would score in fp16 while the attacks run in fp32.
+    det_c = load_detector(str(args.causalclip), device=args.device, precision="fp32")
     head_l, meta_l = load_head(args.linear, device=args.device)
     det_l = dataclasses.replace(det_c, head=head_l, metadata=meta_l, path=args.linear)
     heads = {"causalclip": det_c, "linear": det_l}

@@ -52,7 +52,8 @@ def load_heads(paths: list[Path], device: str) -> list:
     """Detectors sharing one backbone (the heads differ, the tower and its features do not)."""
     from causalclip_cli.checkpoint import load_detector, load_head
 
-    first = load_detector(str(paths[0]), device=device)
+    # fp32 (TF32 at most): on CUDA `auto` would score verdicts in fp16, unlike the attacks and the CPU tables.
+    first = load_detector(str(paths[0]), device=device, precision="fp32")
     dets = [first]
     for p in paths[1:]:
         head, meta = load_head(p, device=device)
