@@ -263,3 +263,22 @@ def test_gpu_job_tiny_plumbing(tmp_path: Path) -> None:
     meta = load_purifier(out / "purifier-vitb16-unet.safetensors").metadata
     assert meta["ship_bar"]["passed"] is False  # a plumbing run never passes the bar
     assert "| CausalCLIP head |" in (out / "adversarial.md").read_text()
+
+
+def test_a_failed_write_leaves_the_old_purifier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The atomic writer: a save that dies half way leaves the previous file as it was and no partial file."""
+    import safetensors.torch as st
+
+    net = PurifierUNet(PurifierUNetConfig(width=4, levels=1))
+    path = save_purifier(tmp_path / "p.safetensors", net, {"training": {"n_images": 1}})
+    before = path.read_bytes()
+
+    def dies(tensors, filename, metadata=None):  # noqa: ANN202
+        Path(filename).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(st, "save_file", dies)
+    with pytest.raises(OSError, match="disk full"):
+        save_purifier(path, PurifierUNet(PurifierUNetConfig(width=4, levels=1)), {"training": {"n_images": 2}})
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["p.safetensors"]
+    assert load_purifier(path).metadata["training"]["n_images"] == 1
