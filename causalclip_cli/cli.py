@@ -194,11 +194,16 @@ def info(
     backbone_weights: Annotated[str | None, typer.Option(help="Local backbone weights file.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object with stable keys.")] = False,
 ) -> None:
-    """What the tool will use: version, device, cache, checkpoint and the backbone it resolves to (no network)."""
+    """What the tool will use: version, device, cache, checkpoint and the backbone it resolves to, and the shipped
+    learned purifier (no network)."""
     try:
         from causalclip_cli.model.inspect import gather_info
 
         data = gather_info(checkpoint, backbone_weights)
+        # The shipped learned purifier: added here, as model/inspect may not import the robustness layer.
+        from causalclip_cli.robustness.purify import shipped_purifier_info
+
+        data["purifier"] = shipped_purifier_info(data["problems"])
     except CausalClipError as exc:
         raise _fail(exc) from None
     if as_json:
@@ -253,7 +258,8 @@ def scan(
     actors: Annotated[int | None, typer.Option(min=1, help="--engine ray: detector actors (default: one per "
                                                            "GPU, else 1).")] = None,
     purify: Annotated[str | None, typer.Option(
-        help="Purify inputs first: jpeg[:Q], blur[:SIGMA], rescale[:FACTOR], median[:K] or learned:PATH.")] = None,
+        help="Purify inputs first: jpeg[:Q], blur[:SIGMA], rescale[:FACTOR], median[:K], learned (the shipped "
+             "purifier; see `causalclip info`) or learned:NAME|PATH.")] = None,
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     crops: Annotated[int | None, typer.Option(
         help="Crops scored per image: 1, 5 or 9 (default: the checkpoint's). More crops of a full-resolution "
@@ -599,7 +605,8 @@ def evaluate(
     attack_source: Annotated[str | None, typer.Option(
         help="Craft the attack on this checkpoint, evaluate on --checkpoint (transfer).")] = None,
     purify: Annotated[str | None, typer.Option(
-        help="Purify inputs first: jpeg[:Q], blur[:SIGMA], rescale[:FACTOR], median[:K] or learned:PATH.")] = None,
+        help="Purify inputs first: jpeg[:Q], blur[:SIGMA], rescale[:FACTOR], median[:K], learned (the shipped "
+             "purifier; see `causalclip info`) or learned:NAME|PATH.")] = None,
     adaptive: Annotated[bool, typer.Option(help="Attack through the purifier (BPDA for JPEG).")] = False,
     limit: Annotated[int | None, typer.Option(min=2, help="Attack/purify eval: a deterministic, class-balanced "
                                                    "sample of at most N images.")] = None,
