@@ -1,7 +1,7 @@
 """Adversarial robustness of the released heads, with and without input purification.
 
     python benchmarks/adversarial.py [--images 12] [--sweep-images N] [--train-images 8] [--steps 3]
-        [--feature-weight W] [--threads 2]
+        [--feature-weight W] [--threads 2] [--purifier NAME|PATH] [--device cuda] [--out DIR]
 
 Held-out images the released heads never trained or calibrated on (the test split of modern-2025 and
 faces-2025 in benchmarks/results/release-manifest.csv, and web-sd / multigen-2022 files outside it), a
@@ -20,7 +20,10 @@ Stages (results are written after each, so a cut-off run keeps what it measured)
 4. on the --sweep-images part: PGD at the other budgets, FGSM at 4, PGD at 4 crafted on the linear head
    (transfer), and adaptive PGD at the --adaptive-eps budgets through each purifier.
 
-The backbone is shared by both heads, so each (image set, purifier) is embedded once.
+The backbone is shared by both heads, so each (image set, purifier) is embedded once. `--purifier` takes any
+learned purifier file (residual CNN or the issue-21 U-Net) or a shipped name; `--device cuda --out DIR` is how
+benchmarks/gpu_purifier/run.sh evaluates on a GPU; `--causalclip/--linear PATH` swap the heads (its --tiny
+plumbing run uses random heads over the tiny test tower).
 """
 
 from __future__ import annotations
@@ -109,7 +112,18 @@ def main() -> None:
     ap.add_argument("--adaptive-eps", default="1,2", help="budgets (besides 4) of adaptive attacks on the sweep part")
     ap.add_argument("--adaptive-images", type=int, default=None,
                     help="adaptive attacks at eps 4 on this many (default all)")
-    ap.add_argument("--purifier", help="use this learned purifier instead of training one")
+    ap.add_argument("--purifier", help="use this learned purifier (file or shipped name) instead of training one")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, … (attacks and embedding; fp32, TF32 off)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="folder for adversarial.json/.md (and a trained "
+                                                              "purifier)")
+    ap.add_argument("--causalclip", type=Path, default=REPO / "weights" / "causalclip-vitb16.safetensors",
+                    help="the head attacks are crafted on")
+    ap.add_argument("--linear", type=Path, default=REPO / "weights" / "linear-vitb16.safetensors",
+                    help="the second head (transfer), same backbone")
+    ap.add_argument("--workers", type=int, default=0, help="decoding processes")
+    ap.add_argument("--held-out-list", type=Path, default=None,
+                    help="JSON [[path under the shared data, label], …] to use instead of sampling --images "
+                         "(gpu_purifier/pack.py writes the CPU table's sample there)")
     ap.add_argument("--resume", action="store_true",
                     help="keep the finished attacks of results/adversarial.json when its image list is the same")
     ap.add_argument("--sweep-images", type=int, default=None,
@@ -126,10 +140,15 @@ def main() -> None:
     if args.render:
         import json
 
-        data = json.loads((RESULTS / "adversarial.json").read_text(encoding="utf-8"))
-        (RESULTS / "adversarial.md").write_text(render_md(data), encoding="utf-8")
+        data = json.loads((args.out / "adversarial.json").read_text(encoding="utf-8"))
+        (args.out / "adversarial.md").write_text(render_md(data), encoding="utf-8")
         return
     apply_threads(args.threads)
+    out_dir: Path = args.out
+    if args.device.startswith("cuda"):
+        # Same arithmetic as the CPU tables: TF32 would change features by ~1e-3.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
 
     from causalclip_cli.model.checkpoint import Detector, load_detector, load_head
     from causalclip_cli.robustness.adversarial import (
@@ -149,32 +168,39 @@ def main() -> None:
     from causalclip_cli.training.metrics import binary_metrics
 
     t0 = time.perf_counter()
-    det_c = load_detector(str(REPO / "weights" / "causalclip-vitb16.safetensors"), device="cpu")
-    head_l, meta_l = load_head(REPO / "weights" / "linear-vitb16.safetensors")
-    det_l = dataclasses.replace(det_c, head=head_l, metadata=meta_l,
-                                path=REPO / "weights" / "linear-vitb16.safetensors")
+    # fp32 everywhere: on CUDA `auto` would score in fp16 while the attacks run in fp32.
+    det_c = load_detector(str(args.causalclip), device=args.device, precision="fp32")
+    head_l, meta_l = load_head(args.linear, device=args.device)
+    det_l = dataclasses.replace(det_c, head=head_l, metadata=meta_l, path=args.linear)
     heads = {"causalclip": det_c, "linear": det_l}
-    files, y = held_out_sample(args.images)
-    pixels, ok, failed = load_pixels(files, det_c, args.batch_size)
+    if args.held_out_list:
+        import json
+
+        chosen = json.loads(args.held_out_list.read_text(encoding="utf-8"))
+        files = [str((SHARED_DATA / rel).resolve()) for rel, _ in chosen]
+        y = np.array([int(lab) for _, lab in chosen])
+    else:
+        files, y = held_out_sample(args.images)
+    pixels, ok, failed = load_pixels(files, det_c, args.batch_size, args.workers)
     y = y[ok]
     log(f"{len(y)} held-out images ({int(y.sum())} generated), {len(failed)} unreadable")
     target = torch.as_tensor(1 - y)
-    results: dict = {"machine": machine_info("cpu"), "command": " ".join(["python", *sys.argv]),
+    results: dict = {"machine": machine_info(args.device), "command": " ".join(["python", *sys.argv]),
                      "note": args.note,
-                     "config": vars(args), "images": [str(Path(f).relative_to(SHARED_DATA.resolve()))
-                                                      for f in np.array(files)[ok]],
+                     "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                     "images": [str(Path(f).relative_to(SHARED_DATA.resolve())) for f in np.array(files)[ok]],
                      "thresholds": {k: d.decision.threshold for k, d in heads.items()},
                      "clean": {}, "purifier_training": None, "attacks": {}, "seconds": {}}
 
     def save() -> None:
         results["seconds"]["total"] = round(time.perf_counter() - t0, 1)
-        write_results("adversarial", results)
-        (RESULTS / "adversarial.md").write_text(render_md(results), encoding="utf-8")
+        write_results("adversarial", results, out_dir)
+        (out_dir / "adversarial.md").write_text(render_md(results), encoding="utf-8")
 
     def embed(x: torch.Tensor, purifier) -> torch.Tensor:  # noqa: ANN001
         out = []
         for i in range(0, len(x), args.batch_size):
-            b = x[i:i + args.batch_size]
+            b = x[i:i + args.batch_size].to(args.device)
             if purifier is not None:
                 b = purifier(b)
             out.append(det_c.embed(normalise(b, det_c.preprocess)))
@@ -182,33 +208,35 @@ def main() -> None:
 
     def probs(det: Detector, feats: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
-            return torch.sigmoid(det.head(feats)).numpy()
+            return torch.sigmoid(det.head(feats)).cpu().numpy()
 
     # ---- stage 1: the learned purifier is needed by every later stage (or reuse one: --purifier)
     ts = time.perf_counter()
     if args.purifier:
-        from causalclip_cli.robustness.purify import load_purifier
+        from causalclip_cli.robustness.purify import load_purifier, resolve_purifier
 
-        purifier_path = args.purifier
-        results["purifier_training"] = load_purifier(purifier_path).metadata.get("training")
+        purifier_path = resolve_purifier(args.purifier)
+        meta = load_purifier(purifier_path).metadata
+        results["purifier_training"] = meta.get("training")
+        results["purifier"] = {"path": str(purifier_path), "kind": meta.get("kind"), "config": meta.get("config")}
     else:
-        purifier_path = PURIFIER_OUT
+        purifier_path = PURIFIER_OUT if out_dir == RESULTS else out_dir / PURIFIER_OUT.name
         train_files = training_sample(args.train_images)
-        train_px, _, _ = load_pixels(train_files, det_c, args.batch_size)
+        train_px, _, _ = load_pixels(train_files, det_c, args.batch_size, args.workers)
         pcfg = PurifierTrainConfig(attack_steps=args.steps, iterations=args.purifier_iterations,
                                    feature_weight=args.feature_weight, guided_batch_size=args.purifier_batch)
         net, summary = train_purifier(det_c, train_px, pcfg, progress=log)
-        save_purifier(PURIFIER_OUT, net, {"training": {**summary, "images": "benchmarks/results/release-manifest.csv "
+        save_purifier(purifier_path, net, {"training": {**summary, "images": "benchmarks/results/release-manifest.csv "
                                                        f"train split, {len(train_files)} evenly spread"}})
         results["purifier_training"] = summary
         results["seconds"]["purifier_training"] = round(time.perf_counter() - ts, 1)
         log(f"purifier trained in {results['seconds']['purifier_training']} s")
     purifiers = {"none": None, **{b: parse_purifier(b) for b in BASELINES},
-                 "learned": parse_purifier(f"learned:{purifier_path}")}
-    if args.resume and (RESULTS / "adversarial.json").exists():
+                 "learned": parse_purifier(f"learned:{purifier_path}", args.device)}
+    if args.resume and (out_dir / "adversarial.json").exists():
         import json
 
-        old = json.loads((RESULTS / "adversarial.json").read_text(encoding="utf-8"))
+        old = json.loads((out_dir / "adversarial.json").read_text(encoding="utf-8"))
         if old.get("images") == results["images"]:  # same sample: its finished attacks stand
             results["attacks"] = old.get("attacks", {})
             results["seconds"] = {**old.get("seconds", {}), **results["seconds"]}
@@ -298,7 +326,7 @@ def main() -> None:
                 run_attack(f"adaptive pgd eps{eps:g} through {pname}", det_c, "causalclip", sweep_idx, "pgd", eps,
                            pname)
     save()
-    log(f"done in {time.perf_counter() - t0:.0f} s; results in {RESULTS / 'adversarial.json'} and .md")
+    log(f"done in {time.perf_counter() - t0:.0f} s; results in {out_dir / 'adversarial.json'} and .md")
 
 
 def _f(v: object) -> str:
@@ -363,8 +391,16 @@ def render_md(r: dict) -> str:
                              f"{h}{' (transfer)' if h != a['crafted_on'] else ''} | {_f(m['success_rate'])} | "
                              f"{_f(m['fake→real']['success_rate'])} | {_f(m['real→fake']['success_rate'])} | "
                              f"{_f(m['ap_before'])} | {_f(m['ap_after'])} | {_f(m['acc_after'])} |")
-    if r.get("purifier_training"):
-        t = r["purifier_training"]
+    t = r.get("purifier_training") or {}
+    if "val_after" in t:  # the issue-21 U-Net (benchmarks/gpu_purifier/train.py)
+        vb, va = t["val_before"], t["val_after"]
+        lines += ["", f"Learned purifier: {t['arch']['kind']} ({t['n_parameters']:,} parameters), {t['n_images']} "
+                  f"training images, {t['iterations_run']} iterations of {t['config']['batch_size']} on "
+                  f"{', '.join(t['heads'])} ({t['seconds_train']} s). Validation ({va['n_images']} images, PGD 4/255): "
+                  f"feature error {vb['feature_error_adv']:.4f} → {va['feature_error_purified_adv']:.4f} "
+                  f"(clean through it {va['feature_error_purified_clean']:.5f}); flip rate "
+                  f"{va['head0']['flip_rate']:.2f} → {va['head0']['flip_rate_after_purifier']:.2f}."]
+    elif t:
         lines += ["", f"Learned purifier: {t['n_images']} training images, PGD flip rate on them "
                   f"{t['attack_flip_rate']:.2f}; L1 to clean {t['l1_adv_vs_clean']:.4f} → "
                   f"{t['l1_purified_adv_vs_clean']:.4f} (clean inputs: {t['l1_purified_clean_vs_clean']:.4f}); "

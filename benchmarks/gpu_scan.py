@@ -12,11 +12,18 @@ code `causalclip scan --device cuda` runs.
               DataLoader workers, pinned memory), per precision / batch size / workers; wall time from
               the first call to the last record, DataLoader start-up included
   naive       decode → preprocess → forward one image at a time (the loop scan replaces)
+  decode      (--decode-rows, issue 19) scan_records end to end with --decode cpu (Pillow in worker processes)
+              and --decode gpu (nvJPEG batches, gpu_decode.py) over the same JPEGs, per batch size and worker
+              count: images/s, first-result time, peak GPU memory, which decoder handled how many files
 
     python benchmarks/gpu_scan.py --out DIR                  # on a CUDA machine
     python benchmarks/gpu_scan.py --tiny --device cpu --images 8 --out /tmp/x   # plumbing check on CPU
+    python benchmarks/gpu_scan.py --decode-rows --out DIR    # on a CUDA machine: DIR/gpu.json = --base + key
+    python benchmarks/gpu_scan.py --decode-rows --tiny --device cpu --images 16 --batches 4 --workers 0 2 \
+        --out /tmp/x                                         # plumbing: decode_jpeg on the CPU stands in
 
-Results: DIR/gpu.json (benchmarks/results/gpu.json holds the recorded run).
+Results: DIR/gpu.json (benchmarks/results/gpu.json holds the recorded run). --decode-rows writes a copy of --base
+(default benchmarks/results/gpu.json) with its rows under the key "decode_issue19", the measured rows untouched.
 """
 
 from __future__ import annotations
@@ -108,23 +115,83 @@ def ceiling(det, batch: int, min_seconds: float, device: str) -> dict[str, Any]:
     return {"batch": batch, "iters": n, "images_per_s": round(n * batch / dt, 1)}
 
 
-def end_to_end(det, files: list[str], batch: int, workers: int) -> dict[str, Any]:  # noqa: ANN001
+def end_to_end(det, files: list[str], batch: int, workers: int, decode: str = "cpu",  # noqa: ANN001
+               decode_batch=None) -> dict[str, Any]:  # noqa: ANN001
+    """`decode` cpu keeps the meaning of the rows measured before issue 19 (Pillow in DataLoader workers)."""
+    import torch
+
+    from causalclip_cli.inputs.gpu_decode import DecodeStats
     from causalclip_cli.scanning.output import ScanSummary
     from causalclip_cli.scanning.scan import ScanOptions, scan_records
 
+    cuda = str(det.device).startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    stats = DecodeStats()
+    opts = ScanOptions(batch_size=batch, workers=workers, decode=decode, decode_batch=decode_batch,
+                       decode_stats=stats)
     summary = ScanSummary()
     t0 = time.perf_counter()
     first = None
     n = 0
-    for rec in scan_records(det, files, set(), ScanOptions(batch_size=batch, workers=workers), summary):
+    for rec in scan_records(det, files, set(), opts, summary):
         n += 1
         if first is None:
             first = time.perf_counter() - t0
         assert rec.error is None, rec.error
     wall = time.perf_counter() - t0
-    return {"batch": batch, "workers": workers, "images": n, "wall_s": round(wall, 2),
-            "first_result_s": round(first or 0.0, 2), "images_per_s": round(n / wall, 1),
-            "loop_images_per_s": round(n / summary.seconds, 1) if summary.seconds else None}
+    row = {"batch": batch, "workers": workers, "images": n, "wall_s": round(wall, 2),
+           "first_result_s": round(first or 0.0, 2), "images_per_s": round(n / wall, 1),
+           "loop_images_per_s": round(n / summary.seconds, 1) if summary.seconds else None}
+    if decode != "cpu":
+        row["decoders"] = stats.to_dict()
+    if cuda:
+        row["gpu_memory_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return row
+
+
+def decode_rows(args, files: list[str], log_sizes: dict) -> None:  # noqa: ANN001
+    """Issue 19: --decode cpu vs gpu end to end; writes OUT/gpu.json = the --base document + "decode_issue19"."""
+    import torch
+
+    from causalclip_cli.inputs.gpu_decode import cpu_decode_batch
+
+    cuda = args.device.startswith("cuda")
+    base = json.loads(args.base.read_text()) if args.base and args.base.is_file() else {}
+    rows: dict[str, Any] = {
+        "benchmark": "gpu_scan --decode-rows", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "settings": {k: str(v) for k, v in vars(args).items()},
+        "machine": {"torch": torch.__version__, "cpus": os.cpu_count(),
+                    "device": torch.cuda.get_device_name(0) if cuda else "cpu"},
+        "gpu_decoder": "torchvision.io.decode_jpeg(device='cuda') (nvJPEG)" if cuda
+        else "torchvision.io.decode_jpeg(device='cpu') standing in for nvJPEG (plumbing run, not a measurement)",
+        "images": log_sizes, "models": {}}
+    doc = {**base, "decode_issue19": rows}
+
+    def save() -> None:
+        (args.out / "gpu.json").write_text(json.dumps(doc, indent=2) + "\n")
+
+    stand_in = None if cuda else cpu_decode_batch
+    precision = "fp16" if cuda else "fp32"
+    for model in args.models:
+        det = build_detector(model, args.device, precision)
+        r: dict[str, Any] = {"precision": precision, "runs": []}
+        rows["models"][model] = r
+        end_to_end(det, files[: max(args.batches)], max(args.batches), 0)  # warm-up: kernels, cuDNN, allocator
+        for decode in ("cpu", "gpu"):
+            for b in args.batches:
+                for w in args.workers:
+                    e = {"decode": decode, **end_to_end(det, files, b, w, decode, stand_in)}
+                    r["runs"].append(e)
+                    mem = e.get("gpu_memory_peak_mb")
+                    log(f"  {model} decode {decode} batch {b} workers {w}: {e['images_per_s']} images/s "
+                        f"(first result {e['first_result_s']} s" + (f", GPU peak {mem} MB)" if mem else ")"))
+                    save()
+        del det
+        if cuda:
+            torch.cuda.empty_cache()
+    save()
 
 
 def naive(det, files: list[str]) -> dict[str, Any]:  # noqa: ANN001
@@ -154,10 +221,26 @@ def main() -> None:
     ap.add_argument("--min-seconds", type=float, default=1.0, help="per ceiling measurement")
     ap.add_argument("--naive-images", type=int, default=128)
     ap.add_argument("--tiny", action="store_true", help="tiny random config (plumbing check on CPU)")
+    ap.add_argument("--decode-rows", action="store_true", help="issue 19: --decode cpu vs gpu rows only")
+    ap.add_argument("--base", type=Path, default=Path(__file__).resolve().parent / "results" / "gpu.json",
+                    help="--decode-rows: the recorded document the new key is added to (its rows are kept)")
     args = ap.parse_args()
     if args.tiny:
         args.models = ["causalclip-tiny"]
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.decode_rows:
+        if "--batches" not in sys.argv:
+            args.batches = [32, 128]
+        if "--workers" not in sys.argv:
+            args.workers = [8, 14]
+        t0 = time.perf_counter()
+        sizes = [(1280, 960), (2048, 1536)] if not args.tiny else [(320, 240), (640, 480)]
+        files = make_images(Path("/tmp/gpu_scan_jpegs_issue19"), args.images, sizes, min(16, os.cpu_count() or 1))
+        info = {"count": len(files), "sizes": sizes, "bytes": sum(os.path.getsize(f) for f in files),
+                "generate_s": round(time.perf_counter() - t0, 1), "kind": "baseline JPEG, quality 90"}
+        log(f"{len(files)} JPEGs in {info['generate_s']} s")
+        decode_rows(args, files, info)
+        return
 
     import torch
 

@@ -97,6 +97,17 @@ def _complete_checkpoint(incomplete: str) -> list[tuple[str, str]]:
     return out
 
 
+class Decode(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+DECODE_HELP = ("Image decoding: auto (JPEGs on the GPU with nvJPEG when the device is CUDA, else CPU), cpu (Pillow in "
+               "worker processes), gpu (nvJPEG; needs CUDA). Other formats and JPEGs nvJPEG cannot take are always "
+               "decoded on the CPU.")
+
+
 def _stderr():  # noqa: ANN202 - rich Console, imported lazily
     from rich.console import Console
 
@@ -183,11 +194,16 @@ def info(
     backbone_weights: Annotated[str | None, typer.Option(help="Local backbone weights file.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object with stable keys.")] = False,
 ) -> None:
-    """What the tool will use: version, device, cache, checkpoint and the backbone it resolves to (no network)."""
+    """What the tool will use: version, device, cache, checkpoint and the backbone it resolves to, and the shipped
+    learned purifier (no network)."""
     try:
         from causalclip_cli.model.inspect import gather_info
 
         data = gather_info(checkpoint, backbone_weights)
+        # The shipped learned purifier: added here, as model/inspect may not import the robustness layer.
+        from causalclip_cli.robustness.purify import shipped_purifier_info
+
+        data["purifier"] = shipped_purifier_info(data["problems"])
     except CausalClipError as exc:
         raise _fail(exc) from None
     if as_json:
@@ -242,7 +258,8 @@ def scan(
     actors: Annotated[int | None, typer.Option(min=1, help="--engine ray: detector actors (default: one per "
                                                            "GPU, else 1).")] = None,
     purify: Annotated[str | None, typer.Option(
-        help="Purify inputs first: jpeg[:Q], blur[:SIGMA], rescale[:FACTOR], median[:K] or learned:PATH.")] = None,
+        help="Purify inputs first: jpeg[:Q], blur[:SIGMA], rescale[:FACTOR], median[:K], learned (the shipped "
+             "purifier; see `causalclip info`) or learned:NAME|PATH.")] = None,
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     crops: Annotated[int | None, typer.Option(
         help="Crops scored per image: 1, 5 or 9 (default: the checkpoint's). More crops of a full-resolution "
@@ -251,6 +268,7 @@ def scan(
         "--abstain-unfamiliar/--no-abstain-unfamiliar",
         help="Label 'uncertain' (reason: unfamiliar) rather than 'fake' an image unlike anything the head was "
              "trained on (checkpoints with a familiarity reference).")] = True,
+    decode: Annotated[Decode, typer.Option(help=DECODE_HELP)] = Decode.auto,
 ) -> None:
     """Score images: a fake probability and a label per file, a summary on stderr.
 
@@ -278,6 +296,9 @@ def scan(
             if html is not None:
                 raise UsageError("--html is not available with --engine ray",
                                  hint="write --output results.jsonl, then run `causalclip report results.jsonl`")
+            if decode == Decode.gpu:
+                raise UsageError("--decode gpu is not available with --engine ray (its decode tasks run on CPUs)",
+                                 hint="use --engine local for GPU decoding")
             raise typer.Exit(_scan_ray(inputs, output, fmt, checkpoint, threshold, band, device, batch_size,
                                        fail_on, backbone_weights, recursive, address, actors, provenance,
                                        precision, abstain_unfamiliar))
@@ -285,6 +306,9 @@ def scan(
         from causalclip_cli.model.checkpoint import load_detector
 
         dev = _device(device)
+        from causalclip_cli.inputs.gpu_decode import check_decode
+
+        check_decode(decode.value, dev)  # before the model loads: a usage error should not wait for it
         detector = load_detector(checkpoint, device=dev, backbone_weights=backbone_weights, allow_download=True,
                                  precision=precision)
         if crops is not None:
@@ -317,8 +341,12 @@ def scan(
     )
 
     workers = default_workers(dev) if workers is None else workers
+    from causalclip_cli.inputs.gpu_decode import DecodeStats
+
+    decode_stats = DecodeStats()
     opts = ScanOptions(batch_size=batch_size or default_batch_size(dev), workers=workers, threshold=threshold,
-                       uncertain=band, provenance=provenance, abstain_unfamiliar=abstain_unfamiliar)
+                       uncertain=band, provenance=provenance, abstain_unfamiliar=abstain_unfamiliar,
+                       decode=decode.value, decode_stats=decode_stats)
     kept: list[dict] | None = [] if html is not None else None
     summary = ScanSummary()
     err = _stderr()
@@ -394,6 +422,8 @@ def scan(
         os.dup2(devnull, sys.stdout.fileno())
         raise typer.Exit(141) from None
     render_summary(summary, sys.stderr)
+    if decode_stats.decoder == "gpu":
+        err.print(decode_stats.line())
     if html is not None and kept is not None:
         from causalclip_cli.scanning.report import ReportOptions, write_report
 
@@ -575,11 +605,14 @@ def evaluate(
     attack_source: Annotated[str | None, typer.Option(
         help="Craft the attack on this checkpoint, evaluate on --checkpoint (transfer).")] = None,
     purify: Annotated[str | None, typer.Option(
-        help="Purify inputs first: jpeg[:Q], blur[:SIGMA], rescale[:FACTOR], median[:K] or learned:PATH.")] = None,
+        help="Purify inputs first: jpeg[:Q], blur[:SIGMA], rescale[:FACTOR], median[:K], learned (the shipped "
+             "purifier; see `causalclip info`) or learned:NAME|PATH.")] = None,
     adaptive: Annotated[bool, typer.Option(help="Attack through the purifier (BPDA for JPEG).")] = False,
     limit: Annotated[int | None, typer.Option(min=2, help="Attack/purify eval: a deterministic, class-balanced "
                                                    "sample of at most N images.")] = None,
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
+    decode: Annotated[Decode, typer.Option(help=DECODE_HELP + " Conditions with --perturb or a JPEG-aligned "
+                                                "checkpoint decode on the CPU.")] = Decode.auto,
 ) -> None:
     """Per-generator accuracy, AP, AUC and TPR at 1%/5% FPR of a checkpoint on a dataset.
 
@@ -593,6 +626,8 @@ def evaluate(
                 raise UsageError("--perturb and --plot cannot be combined with --attack/--purify")
             if data is None:
                 raise UsageError("--attack/--purify need --data (images, not Parquet features)")
+            if decode == Decode.gpu:
+                raise UsageError("--decode gpu is not available with --attack/--purify (they decode on the CPU)")
             rreq = RobustEvalRequest(
                 data=data, checkpoint=checkpoint, split=split, subsets=subset or None, layout=layout,
                 threshold=threshold, attack=attack.value if attack else None, eps=eps, steps=steps,
@@ -609,7 +644,7 @@ def evaluate(
     req = EvalRequest(data=data, checkpoint=checkpoint, split=split, subsets=subset or None, layout=layout,
                       threshold=threshold, perturb=perturb, plot=plot, device=device, workers=workers,
                       batch_size=batch_size, cache_dir=cache_dir, backbone_weights=backbone_weights,
-                      features=features, precision=precision)
+                      features=features, precision=precision, decode=decode.value)
     try:
         report = run_eval(req)
     except CausalClipError as exc:

@@ -79,6 +79,30 @@ def gather_info(checkpoint: str | None = None, backbone_weights: str | None = No
     return out
 
 
+def _purifier_text(pu: dict) -> list[tuple[str, str]]:
+    """Rows for `data["purifier"]` (robustness.purify.shipped_purifier_info; the CLI's `info` adds it, since this
+    module may not import the robustness layer)."""
+    rows = [("purifier", f"{pu['path']} (--purify learned)")]
+    cfg = ", ".join(f"{k} {v}" for k, v in (pu.get("config") or {}).items())
+    rows.append(("  network", f"{pu.get('kind')} ({cfg})"))
+    heads = ", ".join(pu.get("heads") or []) or "?"
+    rows.append(("  training", f"{pu.get('images') or str(pu.get('n_images')) + ' images'}; {pu.get('steps')} steps "
+                               f"against {heads}"))
+    fb, fa = pu.get("feature_error_before"), pu.get("feature_error_after")
+    if isinstance(fb, float) and isinstance(fa, float):
+        clean = pu.get("feature_error_clean")
+        rows.append(("  feature error", f"adversarial {fb:.3f} → {fa:.3f} through it"
+                                        + (f" (clean images {clean:.4f})" if isinstance(clean, float) else "")))
+    bar = pu.get("ship_bar") or {}
+    if bar.get("evaluated"):
+        text = ("passed" if bar.get("passed") else "not passed") + f" ({bar.get('bar', '')}"
+        text += f"; {bar['n_images']} held-out images)" if bar.get("n_images") else ")"
+    else:
+        text = f"not passed: {bar.get('reason', 'never checked')}"
+    rows.append(("  ship bar", text))
+    return rows
+
+
 def render_info(data: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -112,6 +136,9 @@ def render_info(data: dict) -> None:
         t.add_row("backbone", f"{bb['config']} / {bb['pretrained']} from {bb['source']} ({state})")
         t.add_row("  file", str(bb.get("path")))
         t.add_row("  sha256", str(bb.get("sha256")))
+    if data.get("purifier"):
+        for k, v in _purifier_text(data["purifier"]):
+            t.add_row(k, v)
     for p in data["problems"]:
         t.add_row("[yellow]problem[/]", p)
     con.print(t)

@@ -108,10 +108,14 @@ class Preprocess:
             w, h = img.size
         return [img.crop(box) for box in self.crop_boxes(w, h)]
 
-    def _short_side(self, img: Image.Image) -> Image.Image:
+    def short_side_size(self, w: int, h: int) -> tuple[int, int]:
+        """(width, height) after scaling the short side to `size` (public: the GPU decode path uses it too)."""
         s = self.size
+        return (s, int(s * h / w)) if w <= h else (int(s * w / h), s)
+
+    def _short_side(self, img: Image.Image) -> Image.Image:
         w, h = img.size
-        nw, nh = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)
+        nw, nh = self.short_side_size(w, h)
         return img if (nw, nh) == (w, h) else img.resize((nw, nh), _RESAMPLE[self.interpolation])
 
     def normalize(self, rgb: Image.Image) -> np.ndarray:

@@ -5,7 +5,9 @@ resize/crop and before mean/std normalisation, to a batch of the same shape. Bas
 re-encoding, Gaussian blur, downscale-upscale, median filter. The learned purifier is a small residual
 denoising CNN in the spirit of CoDefend (Zhu, Liu, Hua et al., arXiv 2510.11096), trained by
 `causalclip train-purifier` on pairs of (adversarial, clean) images and stored as safetensors with a
-JSON metadata document, like the heads.
+JSON metadata document, like the heads; `PurifierUNet` is the larger kind, trained on a GPU by
+`purifier_train` (issue 21). `--purify learned` resolves the shipped purifier by name, as checkpoints are
+resolved.
 
 For adaptive attacks each purifier also has `for_attack`: differentiable purifiers are used directly;
 non-differentiable ones (JPEG) pass the gradient straight through (BPDA: forward = purifier, backward =
@@ -29,13 +31,14 @@ from PIL import Image
 from torch import nn
 
 from causalclip_cli import __version__
-from causalclip_cli.errors import CheckpointError, UsageError
+from causalclip_cli.errors import CausalClipError, CheckpointError, UsageError
 from causalclip_cli.model.checkpoint import Detector
 from causalclip_cli.robustness.primitives import Purifier, normalise, to_unit  # noqa: F401 - re-exported
 
 PURIFIER_KEY = "causalclip-purifier"
 PURIFIER_FORMAT = 1
-METHODS = ("jpeg[:Q]", "blur[:SIGMA]", "rescale[:FACTOR]", "median[:K]", "learned:PATH")
+METHODS = ("jpeg[:Q]", "blur[:SIGMA]", "rescale[:FACTOR]", "median[:K]", "learned[:NAME|PATH]")
+DEFAULT_PURIFIER = "purifier-vitb16"  # what `--purify learned` means
 
 
 # --------------------------------------------------------------------------- purifiers
@@ -147,8 +150,63 @@ class PurifierNet(nn.Module):
         return (x + self.body(x)).clamp(0.0, 1.0)
 
 
+UNET_KIND = "residual-unet"  # the issue-21 network (trained by purifier_train.py)
+
+
+@dataclass
+class PurifierUNetConfig:
+    width: int = 32  # channels at full resolution; ×2 per level down
+    levels: int = 2  # downsamplings
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PurifierUNetConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: int(v) for k, v in d.items() if k in names})
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU())
+
+
+class PurifierUNet(nn.Module):
+    """x + r(x), r a small U-Net. Adversarial noise for a ViT-B/16 is structured at the 16-px patch scale as
+    well as per pixel, which a plain 3×3 stack (receptive field 11 px) cannot see; two downsamplings give the
+    residual a ~40 px view at a quarter of the cost of full-resolution layers. The output layer starts at
+    zero, so an untrained net is exactly the identity."""
+
+    def __init__(self, config: PurifierUNetConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or PurifierUNetConfig()
+        w, levels = self.config.width, self.config.levels
+        if w < 1 or not 1 <= levels <= 4:
+            raise ValueError("purifier U-Net needs width >= 1 and 1..4 levels")
+        chans = [w * 2 ** i for i in range(levels + 1)]
+        self.enc = nn.ModuleList([_block(3, chans[0])] + [_block(chans[i], chans[i + 1]) for i in range(levels)])
+        self.dec = nn.ModuleList([_block(chans[i + 1] + chans[i], chans[i]) for i in reversed(range(levels))])
+        self.out = nn.Conv2d(chans[0], 3, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        m = 2 ** self.config.levels
+        ph, pw = (-h) % m, (-w) % m
+        # Reflect-pad to a multiple of 2^levels (a tensor too small to reflect gets replicate padding).
+        mode = "reflect" if h > ph and w > pw else "replicate"
+        y = F.pad(x, (0, pw, 0, ph), mode=mode) if ph or pw else x
+        skips = []
+        for i, enc in enumerate(self.enc):
+            y = enc(y if i == 0 else F.avg_pool2d(y, 2))
+            skips.append(y)
+        for dec, skip in zip(self.dec, reversed(skips[:-1]), strict=True):
+            y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            y = dec(torch.cat([y, skip], 1))
+        r = self.out(y)[..., :h, :w]
+        return (x + r).clamp(0.0, 1.0)
+
+
 class LearnedPurifier(Purifier):
-    def __init__(self, net: PurifierNet, metadata: dict | None = None, path: str | None = None) -> None:
+    def __init__(self, net: nn.Module, metadata: dict | None = None, path: str | None = None) -> None:
         self.net = net.eval()
         self.net.requires_grad_(False)
         self.metadata = metadata or {}
@@ -165,7 +223,7 @@ class LearnedPurifier(Purifier):
 
 
 def parse_purifier(text: str | None, device: str = "cpu") -> Purifier | None:
-    """'jpeg:75', 'blur:1', 'rescale:0.5', 'median:3', 'learned:PATH' (or 'none') → a Purifier."""
+    """'jpeg:75', 'blur:1', 'rescale:0.5', 'median:3', 'learned[:NAME|PATH]' (or 'none') → a Purifier."""
     if not text or text.strip().lower() in ("none", "off"):
         return None
     name, _, value = text.strip().partition(":")
@@ -182,26 +240,101 @@ def parse_purifier(text: str | None, device: str = "cpu") -> Purifier | None:
     except ValueError as exc:
         raise UsageError(f"--purify {text!r}: {exc}") from exc
     if name == "learned":
-        if not value:
-            raise UsageError("--purify learned:PATH needs the purifier file written by `causalclip train-purifier`")
-        return load_purifier(value).to(device)
+        return load_purifier(resolve_purifier(value or None)).to(device)
     raise UsageError(f"--purify {text!r}: unknown method; choose one of {', '.join(METHODS)}")
 
 
-# --------------------------------------------------------------------------- save / load
+# --------------------------------------------------------------------------- save / load / resolve by name
 
 
-def save_purifier(path: str | os.PathLike, net: PurifierNet, metadata: dict) -> Path:
+def purifier_dirs() -> list[Path]:
+    """Where shipped purifiers live: benchmarks/results/ of a checkout (benchmarks/adversarial.py writes them
+    there), else the copy a regular install puts under <prefix>/share/causalclip/purifiers."""
+    import sys
+
+    from causalclip_cli.settings import package_dir
+
+    return [package_dir().parent / "benchmarks" / "results", Path(sys.prefix) / "share" / "causalclip" / "purifiers"]
+
+
+def available_purifiers() -> list[str]:
+    names = {p.stem for d in purifier_dirs() if d.is_dir() for p in d.glob("purifier-*.safetensors")}
+    return sorted(names)
+
+
+def resolve_purifier(name_or_path: str | None = None) -> Path:
+    """A purifier file path, or the name of a shipped one (default: DEFAULT_PURIFIER); the error lists the
+    choices. Something that looks like a path is returned as is, so a missing file is reported as such."""
+    target = name_or_path or DEFAULT_PURIFIER
+    p = Path(target).expanduser()
+    if p.is_file() or "/" in target or os.sep in target or p.suffix == ".safetensors":
+        return p
+    for d in purifier_dirs():
+        for cand in (d / target, d / f"{target}.safetensors"):
+            if cand.is_file():
+                return cand
+    choices = ", ".join(available_purifiers()) or "none installed"
+    raise CheckpointError(f"purifier {target!r} not found (shipped purifiers: {choices})",
+                          hint="pass --purify learned:PATH to a file written by `causalclip train-purifier` or "
+                               "benchmarks/gpu_purifier/train.py")
+
+
+def ship_status(meta: dict) -> dict:
+    """Whether a purifier passed the ship bar (benchmarks/gpu_purifier/ship_check.py records it); purifiers
+    made before issue 21 carry no verdict and count as not passed."""
+    bar = meta.get("ship_bar")
+    if not isinstance(bar, dict):
+        return {"passed": False, "evaluated": False,
+                "reason": "never checked against the ship bar (PGD 4/255 success <= 0.5 at clean-AP cost <= 0.01)"}
+    return {"evaluated": True, **bar}
+
+
+def purifier_summary(path: str | os.PathLike) -> dict:
+    """What `causalclip info` shows of a purifier file: kind, training data and steps, feature error of
+    adversarial images before/after it, and the ship-bar verdict. Reads the metadata only."""
+    from causalclip_cli.model.checkpoint import read_safetensors_document
+
+    meta = read_safetensors_document(path, PURIFIER_KEY, "purifier", "see `causalclip train-purifier`")
+    tr = meta.get("training") or {}
+    cfg = tr.get("config") or {}
+    return {"path": str(path), "kind": meta.get("kind"), "config": meta.get("config"), "created": meta.get("created"),
+            "images": tr.get("images"), "n_images": tr.get("n_images"),
+            "heads": tr.get("heads") or ([Path(tr["checkpoint"]).stem] if tr.get("checkpoint") else None),
+            "steps": tr.get("iterations_run", cfg.get("iterations")),
+            "feature_weight": cfg.get("feature_weight"),
+            "feature_error_before": tr.get("feature_error_adv"),
+            "feature_error_after": tr.get("feature_error_purified_adv"),
+            "feature_error_clean": tr.get("feature_error_purified_clean"),
+            "ship_bar": ship_status(meta)}
+
+
+def shipped_purifier_info(problems: list[str]) -> dict | None:
+    """`causalclip info`'s purifier section: purifier_summary of the shipped learned purifier (`--purify
+    learned`), or None with the reason added to `problems` when none is installed or it cannot be read."""
+    try:
+        return purifier_summary(resolve_purifier(None))
+    except CausalClipError as exc:
+        problems.append(f"--purify learned: {exc}")
+        return None
+
+
+def save_purifier(path: str | os.PathLike, net: nn.Module, metadata: dict) -> Path:
     """safetensors + JSON metadata, written atomically like a checkpoint (a killed run leaves nothing)."""
     from causalclip_cli.model.checkpoint import save_safetensors
 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise UsageError(f"--output {path}: purifiers are .safetensors files")
-    meta = {"format_version": PURIFIER_FORMAT, "kind": "residual-cnn", "config": asdict(net.config),
+    kind = next(k for k, (cls, _) in _net_kinds().items() if isinstance(net, cls))
+    meta = {"format_version": PURIFIER_FORMAT, "kind": kind, "config": asdict(net.config),
             "tool": {"name": "causalclip", "version": __version__},
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **metadata}
     return save_safetensors(path, net, PURIFIER_KEY, meta)
+
+
+def _net_kinds() -> dict[str, tuple[type, type]]:
+    """Stored `kind` → (network class, config class)."""
+    return {"residual-cnn": (PurifierNet, PurifierNetConfig), UNET_KIND: (PurifierUNet, PurifierUNetConfig)}
 
 
 def load_purifier(path: str | os.PathLike) -> LearnedPurifier:
@@ -216,11 +349,13 @@ def load_purifier(path: str | os.PathLike) -> LearnedPurifier:
         state = load_file(str(p))
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for bad files
         raise CheckpointError(f"{path}: not a readable safetensors purifier ({exc})") from exc
-    if meta.get("format_version") != PURIFIER_FORMAT or meta.get("kind") != "residual-cnn":
+    kinds = _net_kinds()
+    if meta.get("format_version") != PURIFIER_FORMAT or meta.get("kind") not in kinds:
         raise CheckpointError(f"{path}: purifier format {meta.get('format_version')}/{meta.get('kind')}, "
-                              f"this tool reads {PURIFIER_FORMAT}/residual-cnn")
+                              f"this tool reads {PURIFIER_FORMAT}/{'|'.join(kinds)}")
+    cls, cfg_cls = kinds[meta["kind"]]
     try:
-        net = PurifierNet(PurifierNetConfig.from_dict(meta.get("config", {})))
+        net = cls(cfg_cls.from_dict(meta.get("config", {})))
         net.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{path}: tensors do not match the recorded purifier ({exc})") from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -41,6 +42,9 @@ class ScanOptions:
     # Withhold `fake` (→ `uncertain`, reason "unfamiliar") when the image is unlike the head's training data
     # (checkpoints with a familiarity reference only; the record keeps the p-value either way).
     abstain_unfamiliar: bool = True
+    decode: str = "auto"  # auto|cpu|gpu (gpu_decode.choose_decoder): auto decodes JPEGs with nvJPEG on CUDA
+    decode_batch: Callable | None = None  # stands in for nvJPEG (tests, benchmarks' --device cpu)
+    decode_stats: object | None = None  # a gpu_decode.DecodeStats to fill: which decoder handled what
 
 
 def resolve_decision(checkpoint: Decision, options: ScanOptions) -> Decision:
@@ -64,13 +68,18 @@ def scan_records(
     on_progress: Callable[[int], None] | None = None,
 ) -> Iterator[ScanRecord]:
     """Yield one record per file in `files` order; non-images found by walking are counted, not yielded."""
-    from causalclip_cli.inputs.data import make_loader
+    from causalclip_cli.inputs.gpu_decode import choose_decoder, make_scan_loader
 
     decision = resolve_decision(detector.decision, options)
     model = detector.model_id
     pin = detector.device.startswith("cuda")
-    loader = make_loader(files, detector.preprocess, options.batch_size, options.workers, pin_memory=pin,
-                         explicit=explicit, provenance=options.provenance)
+    decoder, note = choose_decoder(options.decode, detector.device, detector.preprocess,
+                                   stand_in=options.decode_batch is not None)
+    if note:
+        warnings.warn(note, stacklevel=2)
+    loader = make_scan_loader(files, detector.preprocess, options.batch_size, options.workers, decoder=decoder,
+                              device=detector.device, decode_batch=options.decode_batch, pin_memory=pin,
+                              explicit=explicit, provenance=options.provenance, stats=options.decode_stats)
     start = time.perf_counter()
     first = True
     for batch in loader:

@@ -22,14 +22,18 @@ def _console():  # noqa: ANN202
 
 def dataset_features(samples: list, embed, preprocess, backbone_id: str, *, cache_dir: Path | None,  # noqa: ANN001
                      transform=None, use_cache: bool = True, batch_size: int = 32,  # noqa: ANN001
-                     workers: int = 2, label: str = "features") -> FeatureSet:
-    """Embeddings (through the cache) for labelled samples, with a progress bar on stderr."""
+                     workers: int = 2, label: str = "features", decoder: str = "cpu",
+                     device: str = "cpu") -> FeatureSet:
+    """Embeddings (through the cache) for labelled samples, with a progress bar on stderr. `decoder` 'gpu':
+    JPEGs decoded by nvJPEG on `device` (gpu_decode.py), cached apart from CPU-decoded features."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from causalclip_cli.settings import cache_dir as default_cache
     from causalclip_cli.training.features import FeatureCache, extract_features
 
     variant = preprocess.key() + (f"-{transform.name}" if transform is not None else "")
+    if decoder == "gpu":  # pixels differ slightly from the CPU path's (gpu_decode.py): never mix the two
+        variant += "-gpudecode"
     cache = FeatureCache(default_cache(cache_dir), backbone_id, variant) if use_cache else None
     paths = [s.path for s in samples]
     con = _console()
@@ -37,7 +41,7 @@ def dataset_features(samples: list, embed, preprocess, backbone_id: str, *, cach
                   disable=not sys.stderr.isatty(), transient=True) as bar:
         task = bar.add_task(label, total=len(paths))
         ext = extract_features(paths, embed, preprocess, cache, batch_size=batch_size, workers=workers,
-                               pixel_transform=transform,
+                               pixel_transform=transform, decoder=decoder, device=device,
                                progress=lambda done, total: bar.update(task, completed=done))
     if ext.computed:
         con.print(f"{label}: {ext.computed} embedded, {ext.cached} from cache")
@@ -308,6 +312,7 @@ class EvalRequest:
     backbone_weights: str | None = None
     features: str | None = None  # Parquet features from `causalclip embed`, instead of `data`
     precision: str = "auto"  # of the tower (precision.py)
+    decode: str = "auto"  # auto|cpu|gpu (gpu_decode.choose_decoder); conditions with a pixel transform use the CPU
 
 
 def _feature_store(data: Path | None, features: str | None, pixel_work: object):  # noqa: ANN202
@@ -359,7 +364,8 @@ def superset_layers(tower, layers: tuple[int, ...], base_id: str, preprocess, tr
 
 def layer_dataset_features(samples: list, tower, layers: tuple[int, ...], base_id: str, preprocess, *,  # noqa: ANN001
                            cache_dir: Path | None, device: str, transform=None, batch_size: int = 32,  # noqa: ANN001
-                           workers: int = 2, label: str = "features", autocast=None) -> FeatureSet:  # noqa: ANN001
+                           workers: int = 2, label: str = "features", autocast=None,  # noqa: ANN001
+                           decoder: str = "cpu") -> FeatureSet:
     """dataset_features for a head reading `layers` of `tower` (taps.py), through the cache of those layers or
     of all of them (superset_layers), sliced to `layers`."""
     import contextlib
@@ -377,16 +383,18 @@ def layer_dataset_features(samples: list, tower, layers: tuple[int, ...], base_i
             return forward_layers(tower, px.to(device), extract).float()
 
     fs = dataset_features(samples, embed, preprocess, base_id + (f"-{key}" if key else ""), cache_dir=cache_dir,
-                          transform=transform, batch_size=batch_size, workers=workers, label=label)
+                          transform=transform, batch_size=batch_size, workers=workers, label=label,
+                          decoder=decoder, device=device)
     if extract != tuple(layers) and fs.x.size:
         fs.x = select_layers(fs.x, extract, layers, tower_shape(tower))
     return fs
 
 
-def _detector_features(det, samples, req, transform=None) -> FeatureSet:  # noqa: ANN001
+def _detector_features(det, samples, req, transform=None, decoder: str = "cpu") -> FeatureSet:  # noqa: ANN001
     if getattr(det, "precision", "fp32") == "int8" or not hasattr(det.backbone.tower, "transformer"):
         return dataset_features(samples, det.embed, det.preprocess, det.feature_id, cache_dir=req.cache_dir,
-                                transform=transform, batch_size=req.batch_size, workers=req.workers)
+                                transform=transform, batch_size=req.batch_size, workers=req.workers,
+                                decoder=decoder, device=det.device)
     import torch
 
     from causalclip_cli.model.precision import autocast_dtype
@@ -395,7 +403,7 @@ def _detector_features(det, samples, req, transform=None) -> FeatureSet:  # noqa
     cast = (lambda: torch.autocast(det.device.split(":", 1)[0], dtype=amp)) if amp is not None else None
     return layer_dataset_features(samples, det.backbone.tower, det.features.layers, det.backbone.info.id,
                                   det.preprocess, cache_dir=req.cache_dir, device=det.device, transform=transform,
-                                  batch_size=req.batch_size, workers=req.workers, autocast=cast)
+                                  batch_size=req.batch_size, workers=req.workers, autocast=cast, decoder=decoder)
 
 
 def _probs(det, x: np.ndarray) -> np.ndarray:  # noqa: ANN001
@@ -403,13 +411,16 @@ def _probs(det, x: np.ndarray) -> np.ndarray:  # noqa: ANN001
 
 
 def run_eval(req: EvalRequest) -> dict:
+    from causalclip_cli.inputs.gpu_decode import check_decode, choose_decoder
     from causalclip_cli.inputs.transforms import jpeg, parse_perturbations
     from causalclip_cli.model.checkpoint import load_detector
     from causalclip_cli.settings import resolve_device
     from causalclip_cli.training.metrics import per_group_metrics
 
     perturbations = parse_perturbations(req.perturb)
-    det = load_detector(req.checkpoint, device=resolve_device(req.device), backbone_weights=req.backbone_weights,
+    device = resolve_device(req.device)
+    check_decode(req.decode, device)
+    det = load_detector(req.checkpoint, device=device, backbone_weights=req.backbone_weights,
                         precision=req.precision)
     store = _feature_store(req.data, req.features, perturbations)
     ds = store.dataset(req.subsets) if store else _discover(req.data, req.layout, req.subsets)
@@ -425,7 +436,13 @@ def run_eval(req: EvalRequest) -> dict:
     if store:
         store.check(det.backbone.info.id, det.preprocess.key() + (f"-{align.name}" if align else ""))
     for t in [None, *perturbations]:
-        fs = store.features(samples) if store else _detector_features(det, samples, req, compose(align, t))
+        transform = compose(align, t)
+        decoder = "cpu"
+        if not store:
+            decoder, note = choose_decoder(req.decode, det.device, det.preprocess, pixel_transform=transform)
+            if note:
+                _console().print(f"note: {note}")
+        fs = store.features(samples) if store else _detector_features(det, samples, req, transform, decoder)
         probs = _probs(det, fs.x)
         name = "clean" if t is None else t.name
         report["conditions"][name] = per_group_metrics(fs.y, probs, fs.groups, thr)

@@ -127,14 +127,17 @@ def extract_features(
     workers: int = 0,
     pixel_transform: Callable | None = None,
     progress: ProgressFn | None = None,
+    decoder: str = "cpu",
+    device: str = "cpu",
 ) -> Extraction:
     """Embeddings for `paths`: cached ones are read, the rest decoded, embedded and cached.
 
     `embed` maps a pixel batch tensor to an embedding tensor (e.g. Detector.embed or the tower).
     With a multi-view recipe (`preprocess.views` = V > 1) every image yields V rows, cached under
     `<sha256>#<view>`, and `features` is [n_ok, V, d].
+    `decoder` 'gpu' decodes JPEGs with nvJPEG on `device` (gpu_decode.py; no pixel_transform then).
     """
-    from causalclip_cli.inputs.data import make_loader
+    from causalclip_cli.inputs.gpu_decode import make_scan_loader
 
     views = int(getattr(preprocess, "views", 1))
 
@@ -158,8 +161,14 @@ def extract_features(
     if progress:
         progress(done, total)
     if todo:
-        loader = make_loader([paths[i] for i in todo], preprocess, batch_size, workers,
-                             pixel_transform=pixel_transform)
+        if decoder == "gpu":
+            loader = make_scan_loader([paths[i] for i in todo], preprocess, batch_size, workers, decoder="gpu",
+                                      device=device)
+        else:
+            from causalclip_cli.inputs.data import make_loader
+
+            loader = make_loader([paths[i] for i in todo], preprocess, batch_size, workers,
+                                 pixel_transform=pixel_transform)
         try:
             for batch in loader:
                 if batch.tensor is not None:
