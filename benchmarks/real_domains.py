@@ -58,14 +58,19 @@ class Recipe:
     method: str = "causalclip"
     balance: str = "none"
     hard: float = 0.0
+    head: tuple = ()  # CausalCLIP hyper-parameters overriding the package defaults, as (name, value) pairs
 
 
+SMALL = (("mask_hidden", 32), ("cls_hidden", 32), ("adv_hidden", 32), ("dropout", 0.3))
+LINEAR_CLASSIFIER = (("cls_hidden", 0), ("adv_hidden", 0))  # CausalCLIP's mask and losses, a linear classifier
 RECIPES = {r.name: r for r in [
     Recipe("base"),  # the previous release's training on the new data
     Recipe("sqrt", balance="sqrt"),
     Recipe("domain", balance="domain"),
     Recipe("sqrt-hard", balance="sqrt", hard=0.1),
     Recipe("domain-hard", balance="domain", hard=0.1),
+    Recipe("small-sqrt", balance="sqrt", head=SMALL),
+    Recipe("lincls-sqrt", balance="sqrt", head=LINEAR_CLASSIFIER),
     Recipe("linear-base", method="linear"),
     Recipe("linear-sqrt", method="linear", balance="sqrt"),
 ]}
@@ -123,8 +128,8 @@ class Fitted:
         from causalclip_cli.training.experiment import _hard_reals, fit_platt
         from causalclip_cli.training.trainer import train_head
 
-        hc = {**(asdict(CausalConfig()) if r.method == "causalclip" else {}), "segments": _segments(),
-              "combine": "concat"}
+        causal = {**asdict(CausalConfig()), **dict(r.head)} if r.method == "causalclip" else {}
+        hc = {**causal, "segments": _segments(), "combine": "concat"}
         cfg = TrainConfig(**{**asdict(TRAIN), "seed": seed})
         xt, yt, xv, yv = d.x[train], d.y[train], d.x[val], d.y[val]
         w = balance_weights(yt, d.kind[train], r.balance)
