@@ -515,6 +515,9 @@ def train(
     lambda2: Annotated[float, typer.Option(help="HSIC weight λ2.")] = 1.0,
     drop_p: Annotated[float, typer.Option(help="Counterfactual drop rate p.")] = 0.2,
     hidden: Annotated[int, typer.Option(help="Hidden width of mask, classifier and adversary MLPs.")] = 256,
+    classifier_hidden: Annotated[int | None, typer.Option(
+        min=0, help="Hidden width of the classifier and adversary only (0: linear on the masked features; "
+                    "default: --hidden).")] = None,
     dropout: Annotated[float, typer.Option()] = 0.1,
     jpeg_align: Annotated[int | None, typer.Option(help="Re-encode every image as JPEG at this quality.")] = None,
     augment: Annotated[str | None, typer.Option(help="Pixel augmentations, e.g. blur,jpeg (bypass cache).")] = None,
@@ -558,7 +561,9 @@ def train(
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience, seed=seed,
         val_fraction=val_fraction,
         head_config={"tau": tau, "alpha": alpha, "beta": beta, "lambda1": lambda1, "lambda2": lambda2,
-                     "drop_p": drop_p, "mask_hidden": hidden, "cls_hidden": hidden, "adv_hidden": hidden,
+                     "drop_p": drop_p, "mask_hidden": hidden,
+                     "cls_hidden": hidden if classifier_hidden is None else classifier_hidden,
+                     "adv_hidden": hidden if classifier_hidden is None else classifier_hidden,
                      "dropout": dropout},
         jpeg_align=jpeg_align, augment=augment, device=device, workers=workers,
         extract_batch_size=extract_batch_size, cache_dir=cache_dir, resume=resume, features=features,

@@ -144,8 +144,10 @@ def test_balanced_train_per_domain_calibration_and_unfamiliar_records(domain_man
     raw, cal = tmp_path / "raw.safetensors", tmp_path / "cal.safetensors"
     res = runner.invoke(app, ["train", "--data", str(domain_manifest), "--output", str(raw), *TINY, "--cache-dir",
                               str(cache), "--workers", "0", "--epochs", "3", "--lr", "1e-3", "--balance", "domain",
-                              "--hard-reals", "0.2"])
+                              "--hard-reals", "0.2", "--classifier-hidden", "0"])
     assert res.exit_code == 0, res.output
+    config = read_metadata(raw)["head"]["config"]
+    assert config["cls_hidden"] == 0 and config["adv_hidden"] == 0 and config["mask_hidden"] == 256
     summary = read_metadata(raw)["training"]["summary"]
     assert summary["balance"] == "domain" and summary["hard_reals"] == 6  # 20% of 30 training reals
     assert summary["kinds"]["portraits"] == [10, 0] and summary["kinds"]["biggan"] == [0, 10]
