@@ -22,6 +22,7 @@ Protocols (the `test` split is never read by F or D; `--test` reports it for the
   V  the release itself (all domains), per-domain shares on `val` (in-sample for the threshold).
 
     python benchmarks/real_domains.py --recipes base sqrt ... [--protocols F D V] [--test] --out FILE
+    python benchmarks/real_domains.py --tables FILE ...        # markdown tables of finished runs
 """
 
 from __future__ import annotations
@@ -284,10 +285,66 @@ def _view(d: Data, f: Fitted, split: str) -> dict:
     return out
 
 
+def alpha_sweep(d: Data, r: Recipe, seed: int, alphas: tuple[float, ...] = (0.01, 0.005, 0.002, 0.001)) -> dict:
+    """How often familiarity abstention fires, by its level: the protocol-D fit (2017–2022 sources only) at the
+    worst-domain rule, on every newer image — reals (other kinds of photo) and fakes (unseen generators)."""
+    old = np.array([g.startswith(OLD_PREFIXES) for g in d.generator])
+    f = Fitted(d, np.flatnonzero(old & (d.split == "train")), np.flatnonzero(old & (d.split == "val")), r, seed)
+    new = np.flatnonzero(~old)
+    p, q, y, kind = f.probs(d.x[new]), f.fam.p_values(d.x[new]), d.y[new], d.kind[new]
+    thr = f.decisions["domain"].threshold
+    out = {"calibration_images": len(f.fam.calibration)}
+    for a in alphas:
+        fake = (p >= thr) & (q >= a)
+        out[str(a)] = {"fakes_labelled_fake": float(fake[y == 1].mean()),
+                       "reals_labelled_fake": float(fake[y == 0].mean()),
+                       "fakes_unfamiliar": float((q[y == 1] < a).mean()),
+                       "reals_unfamiliar": float((q[y == 0] < a).mean()),
+                       "reals_labelled_fake_per_kind": {k: float(fake[(y == 0) & (kind == k)].mean())
+                                                        for k in sorted(set(kind[y == 0].tolist()))}}
+    print(f"  alpha sweep {r.name}: {json.dumps(out)}", file=sys.stderr, flush=True)
+    return out
+
+
+def tables(files: list[Path], rule: str = "domain+fam") -> str:
+    """Markdown: protocol F per held-out real domain for every recipe in `files` (fake / uncertain at `rule`),
+    then summaries of F (all rules) and D."""
+    recipes = {}
+    for f in files:
+        recipes.update(json.loads(f.read_text())["recipes"])
+    runs = {k: v["seed0"] for k, v in recipes.items() if "F" in v.get("seed0", {})}
+    names = list(runs)
+    doms = [k for k in next(iter(runs.values()))["F"] if not k.startswith("_")]
+    out = [f"Protocol F at rule `{rule}`: share of the held-out domain's reals labelled `fake` / `uncertain`", "",
+           "| held-out real domain | n | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for dom in doms:
+        n = runs[names[0]]["F"][dom][rule]["n"]
+        cells = [runs[k]["F"][dom][rule] for k in names]
+        out.append(f"| {dom} | {n} | " + " | ".join(f"{c['fake']:.1%} / {c['uncertain']:.1%}" for c in cells) + " |")
+    out += ["", "| recipe | rule | F mean fake | F mean fake without cifar10 | F worst (domain) | F mean uncertain | "
+            "F val fakes labelled fake | D mean AP | D AP people-2026 | D generated labelled fake |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for k in names:
+        r = runs[k]
+        for rl in RULES:
+            sm = r["F"]["_summary"][rl]
+            rest = [r["F"][d][rl]["fake"] for d in doms if d != "cifar10"]
+            d = r.get("D", {}).get("_summary")
+            dcols = (f"{d['mean_ap']:.3f} | {d['mean_ap_people']:.3f} | {d[rl]['mean_fakes_labelled_fake']:.1%}"
+                     if d else "– | – | –")
+            out.append(f"| {k} | {rl} | {sm['mean_fake']:.1%} | {np.mean(rest):.1%} | {sm['worst_fake']:.1%} "
+                       f"({sm['worst_domain']}) | {sm['mean_uncertain']:.1%} | "
+                       f"{sm['mean_val_fakes_labelled_fake']:.1%} | {dcols} |")
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--tables"]:
+        print(tables([Path(p) for p in sys.argv[2:]]))
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipes", nargs="+", default=["base", "sqrt"], choices=list(RECIPES))
-    ap.add_argument("--protocols", nargs="+", default=["F", "D", "V"])
+    ap.add_argument("--protocols", nargs="+", default=["F", "D", "V"], help="F D V alpha")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--test", action="store_true", help="also the held-out test split (the chosen recipe only)")
     ap.add_argument("--out", type=Path, required=True)
@@ -306,6 +363,8 @@ def main() -> None:
                 row["F"] = protocol_f(d, r, seed)
             if "D" in args.protocols:
                 row["D"] = protocol_d(d, r, seed)
+            if "alpha" in args.protocols:
+                row["alpha"] = alpha_sweep(d, r, seed)
             if "V" in args.protocols or args.test:
                 row.update(release_view(d, r, seed, (["val"] if "V" in args.protocols else [])
                                         + (["test"] if args.test else [])))
