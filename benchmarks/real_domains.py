@@ -339,6 +339,7 @@ def tables(files: list[Path], rule: str = "domain+fam") -> str:
 
 
 def main() -> None:
+    global TARGET_FPR
     if sys.argv[1:2] == ["--tables"]:
         print(tables([Path(p) for p in sys.argv[2:]]))
         return
@@ -347,8 +348,11 @@ def main() -> None:
     ap.add_argument("--protocols", nargs="+", default=["F", "D", "V"], help="F D V alpha")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--test", action="store_true", help="also the held-out test split (the chosen recipe only)")
+    ap.add_argument("--target-fpr", type=float, default=TARGET_FPR,
+                    help="per-domain (or pooled) false-positive target on the val reals")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
+    TARGET_FPR = args.target_fpr
     d = load()
     print(f"{len(d.y)} images, {int((d.y == 0).sum())} real in {len(real_domains(d))} domains", file=sys.stderr)
     doc = {"recipes": {}, "train": asdict(TRAIN), "target_fpr": TARGET_FPR, "band_fpr": BAND,

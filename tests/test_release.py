@@ -35,7 +35,23 @@ def test_released_checkpoints_are_small_heads_with_full_metadata() -> None:
         assert meta["scaling"]["method"] == "platt" and meta["scaling"]["a"] > 0
         assert meta["training"]["summary"]["best_epoch"] >= 1
     assert resolve_checkpoint(None) == resolve_checkpoint(DEFAULT_CHECKPOINT)
-    assert read_metadata(resolve_checkpoint(None))["head"]["kind"] == "causalclip"
+    # Issue 18: the default is the head that called the fewest held-out kinds of real photo fake (protocol F).
+    assert read_metadata(resolve_checkpoint(None))["head"]["kind"] == "linear"
+
+
+@pytest.mark.parametrize("name", ["causalclip-vitb16", "linear-vitb16"])
+def test_released_heads_are_calibrated_on_every_real_domain_and_abstain_on_the_unfamiliar(name: str) -> None:
+    meta = read_metadata(resolve_checkpoint(name))
+    cal = meta["decision"]["calibration"]
+    assert cal["set_by"] in cal["domains_used"] and len(cal["domains_used"]) >= 8
+    # Every real domain of the calibration split is at or below the target at the released rule.
+    assert all(row["fake"] <= 0.005 for row in cal["domains"].values())
+    assert {"portraits-pixabay", "studio-portraits", "lfw", "camera-2025"} <= set(cal["domains"])
+    fam = meta["familiarity"]
+    # The level must be reachable: the smallest p-value is 1 / (calibration images + 1).
+    assert 1 / (fam["calibration_images"] + 1) < meta["decision"]["unfamiliar_below"] < 0.01
+    assert fam["bank"] == meta["training"]["summary"]["n_train"]
+    assert meta["training"]["summary"]["balance"] == "sqrt"
 
 
 def _held_out(per_class: int) -> list[tuple[str, int]]:
@@ -80,10 +96,70 @@ def test_info_describes_the_default_model_in_words() -> None:
 
     res = CliRunner().invoke(app, ["info"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
-    assert "causalclip-vitb16.safetensors" in res.stdout
-    thr = read_metadata(resolve_checkpoint(None))["decision"]["threshold"]
+    assert "linear-vitb16.safetensors" in res.stdout
+    meta = read_metadata(resolve_checkpoint(None))
+    thr = meta["decision"]["threshold"]
     assert 0.5 < thr < 1.0 and f"threshold {thr:.4f}" in res.stdout
-    assert "calibrated for 0.5% FPR on 255 real images" in res.stdout
-    assert "2 augmented views per training image" in res.stdout
+    n_real = meta["decision"]["calibration"]["n_real"]
+    assert f"calibrated for 0.5% FPR on {n_real} real images" in res.stdout
+    assert f"set by {meta['decision']['calibration']['set_by']}" in res.stdout
+    assert "familiarity p < 0.002" in res.stdout and "balanced (sqrt)" in res.stdout
     assert "final embedding, block 4, block 6" in res.stdout and "Platt-scaled" in res.stdout
     assert "best epoch" in res.stdout and "{" not in res.stdout  # summarised, not a dict dump
+
+
+def _alien_images(folder: Path) -> list[Path]:
+    """Images unlike any photograph or render the heads were trained on: RGB noise and a colour gradient."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    noise = folder / "noise.png"
+    Image.fromarray(rng.integers(0, 256, (400, 600, 3), dtype=np.uint8)).save(noise)
+    g = np.tile(np.linspace(0, 255, 512, dtype=np.uint8), (512, 1))
+    gradient = folder / "gradient.png"
+    Image.fromarray(np.stack([g, g.T, 255 - g], -1)).save(gradient)
+    return [noise, gradient]
+
+
+@pytest.mark.real
+def test_unfamiliar_images_are_never_called_fake(tmp_path: Path) -> None:
+    """Issue 18: noise and a gradient score above the CausalCLIP head's threshold, but they are stranger than every
+    calibration image, so the released rule withholds `fake` and says why."""
+    _alien_images(tmp_path / "alien")
+    meta = read_metadata(resolve_checkpoint("causalclip-vitb16"))
+    floor = 1 / (meta["familiarity"]["calibration_images"] + 1)
+
+    def scan(*extra: str) -> list[dict]:
+        proc = subprocess.run([sys.executable, "-m", "causalclip_cli", "scan", str(tmp_path / "alien"), "-c",
+                               "causalclip-vitb16", "--format", "jsonl", "--workers", "0", "--no-progress",
+                               "--fail-on", "never", *extra], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        return [json.loads(line) for line in proc.stdout.splitlines()]
+
+    records = scan()
+    assert len(records) == 2 and all(r["familiarity"] == pytest.approx(floor, rel=1e-3) for r in records)
+    assert all(r["label"] != "fake" for r in records)
+    over = [r for r in records if r["probability"] >= r["threshold"]]
+    assert over and all(r["label"] == "uncertain" and r["reason"] == "unfamiliar" for r in over)
+    plain = {r["path"]: r["label"] for r in scan("--no-abstain-unfamiliar")}
+    assert all(plain[r["path"]] == "fake" for r in over)  # the rule, not the score, kept them from `fake`
+
+
+@pytest.mark.real
+def test_default_does_not_accuse_held_out_portraits(tmp_path: Path) -> None:
+    """Issue 18: retouched stock portraits, studio portraits and news faces of the test split (never trained or
+    calibrated on), scanned with the default: at most one of 15 labelled `fake`."""
+    rows = [r for r in csv.DictReader(MANIFEST.open()) if r["split"] == "test"
+            and r["domain"] in ("portraits-pixabay", "studio-portraits", "lfw")]
+    picked = []
+    for kind in ("portraits-pixabay", "studio-portraits", "lfw"):
+        picked += [str((MANIFEST.parent / r["path"]).resolve()) for r in rows if r["domain"] == kind][:5]
+    proc = subprocess.run([sys.executable, "-m", "causalclip_cli", "scan", "-", "--format", "jsonl", "--workers", "1",
+                           "--no-progress", "--fail-on", "never"], input="\n".join(picked) + "\n",
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(records) == 15 and all(r["error"] is None and r["familiarity"] is not None for r in records)
+    assert sum(r["label"] == "fake" for r in records) <= 1

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 1
 METADATA_KEY = "causalclip"
-DEFAULT_CHECKPOINT = "causalclip-vitb16"
+DEFAULT_CHECKPOINT = "linear-vitb16"  # chosen by protocol F (issue 18): the fewest real photos called fake
 LABELS = {"0": "real", "1": "fake", "output": "probability that the image is generated (fake)"}
 
 

@@ -532,9 +532,15 @@ def _fit_familiarity(det, ds, req: CalibrateRequest, held_out: list):  # noqa: A
     tr = _detector_features(det, train, req)
     ho = _detector_features(det, held_out, req)
     try:
-        return Familiarity.fit(tr.x if tr.x.ndim == 2 else tr.x.mean(1)).calibrate(ho.x)
+        fam = Familiarity.fit(tr.x if tr.x.ndim == 2 else tr.x.mean(1)).calibrate(ho.x)
     except ValueError as exc:
         raise DataError(str(exc)) from None
+    smallest = 1.0 / (len(fam.calibration) + 1)
+    if req.unfamiliar_alpha <= smallest:
+        raise UsageError(f"--unfamiliar-alpha {req.unfamiliar_alpha:g} is at or below the smallest p-value "
+                         f"{len(fam.calibration)} calibration images can give ({smallest:.2g}): the rule would never "
+                         "fire", hint=f"use a level above {smallest:.2g}, e.g. {2 * smallest:.2g}")
+    return fam
 
 
 def _domain_table(decision, probs: np.ndarray, kinds: list[str], p_familiar: np.ndarray | None) -> dict:  # noqa: ANN001

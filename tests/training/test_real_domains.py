@@ -216,6 +216,12 @@ def test_bad_calibration_options_exit_2(domain_manifest: Path, tiny_checkpoint: 
     res = runner.invoke(app, ["calibrate", "--data", str(domain_manifest), "-c", str(tiny_checkpoint), "-o",
                               str(tmp_path / "x.safetensors"), "--workers", "0", "--familiarity", "val"])
     assert res.exit_code == 2 and "different splits" in res.output
+    # 50 calibration images cannot give a p-value below 1/51: a level of 0.01 would never fire.
+    res = runner.invoke(app, ["calibrate", "--data", str(domain_manifest), "-c", str(tiny_checkpoint), "-o",
+                              str(tmp_path / "x.safetensors"), "--workers", "0", "--familiarity", "train",
+                              "--unfamiliar-alpha", "0.01", "--scaling", "none"])
+    assert res.exit_code == 2 and "never fire" in res.output
+    assert not (tmp_path / "x.safetensors").exists()
     res = runner.invoke(app, ["train", "--data", str(domain_manifest), "--output", str(tmp_path / "y.safetensors"),
                               *TINY, "--workers", "0", "--balance", "equal"])
     assert res.exit_code == 2 and "balance" in res.output
