@@ -17,16 +17,6 @@ from causalclip_cli.cli import app
 runner = CliRunner()
 
 
-@pytest.fixture
-def photos(tmp_path: Path) -> Path:
-    d = tmp_path / "photos"
-    (d / "nested").mkdir(parents=True)
-    for i in range(4):
-        Image.new("RGB", (48 + i, 40), (40 * i, 80, 120)).save(d / f"img {i}.jpg")
-    Image.new("RGBA", (40, 40), (0, 200, 0, 128)).save(d / "nested" / "alpha.png")
-    (d / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 20)
-    (d / "readme.txt").write_text("not an image")
-    return d
 
 
 def _cli_records(paths: list[str], ckpt: Path, *extra: str) -> list[dict]:

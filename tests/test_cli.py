@@ -21,17 +21,6 @@ from causalclip_cli.cli import app
 runner = CliRunner()
 
 
-@pytest.fixture
-def photos(tmp_path: Path) -> Path:
-    """A folder of small images, one bad file, one non-image, a nested folder."""
-    d = tmp_path / "photos"
-    (d / "nested").mkdir(parents=True)
-    for i in range(5):
-        Image.new("RGB", (48 + i, 40), (40 * i, 80, 120)).save(d / f"img {i}.jpg")
-    Image.new("RGBA", (40, 40), (0, 200, 0, 128)).save(d / "nested" / "alpha.png")
-    (d / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 20)
-    (d / "readme.txt").write_text("not an image")
-    return d
 
 
 def _scan(args: list[str], ckpt: Path, stdin: str | bytes | None = None):
