@@ -22,8 +22,13 @@ def test_help_lists_the_completion_options() -> None:
     assert "--install-completion" in res.output and "--show-completion" in res.output
 
 
-def test_show_completion_prints_a_bash_script() -> None:
-    res = runner.invoke(app, ["--show-completion", "bash"], prog_name="causalclip")
+def test_show_completion_prints_a_bash_script(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Typer detects the shell from the parent process; a test run started outside a shell (nohup, an IDE)
+    # has none, so the detection is pinned here.
+    import typer.completion
+
+    monkeypatch.setattr(typer.completion, "_get_shell_name", lambda: "bash")
+    res = runner.invoke(app, ["--show-completion"], prog_name="causalclip")
     assert res.exit_code == 0, res.output
     assert "_CAUSALCLIP_COMPLETE" in res.output and "complete" in res.output
 
