@@ -285,6 +285,49 @@ def _view(d: Data, f: Fitted, split: str) -> dict:
     return out
 
 
+def _pair_labels(fc: Fitted, fl: Fitted, x: np.ndarray) -> np.ndarray:
+    """Two-head rule (exploratory): `fake` when the CausalCLIP head says `fake` and the linear probe does not say
+    `real`; `real` when both say `real`; `uncertain` otherwise. Worst-domain rule, no familiarity."""
+    _, lc = fc.labels(x)
+    _, ll = fl.labels(x)
+    c, lin = lc["domain"][0], ll["domain"][0]
+    return np.where((c == "fake") & (lin != "real"), "fake", np.where((c == "real") & (lin == "real"), "real",
+                                                                     "uncertain"))
+
+
+def protocol_pair(d: Data, seed: int) -> dict:
+    """Protocols F and D for the two-head rule of `causalclip-vitb16` (sqrt) with `linear-vitb16` (sqrt)."""
+    rc, rl = RECIPES["sqrt"], RECIPES["linear-sqrt"]
+    out: dict = {"F": {}}
+    for dom in real_domains(d):
+        held = (d.y == 0) & (d.kind == dom)
+        train = np.flatnonzero((d.split == "train") & ~held)
+        val = np.flatnonzero((d.split == "val") & ~held)
+        ev = np.flatnonzero(held & (d.split != "test"))
+        vf = np.flatnonzero((d.split == "val") & (d.y == 1) & ~held)
+        fc, fl = Fitted(d, train, val, rc, seed), Fitted(d, train, val, rl, seed)
+        lab, vlab = _pair_labels(fc, fl, d.x[ev]), _pair_labels(fc, fl, d.x[vf])
+        out["F"][dom] = {"n": len(ev), "fake": float(np.mean(lab == "fake")),
+                         "uncertain": float(np.mean(lab == "uncertain")),
+                         "val_fakes_labelled_fake": float(np.mean(vlab == "fake"))}
+        print(f"  pair F without {dom}: {out['F'][dom]}", file=sys.stderr, flush=True)
+    old = np.array([g.startswith(OLD_PREFIXES) for g in d.generator])
+    tr, va = np.flatnonzero(old & (d.split == "train")), np.flatnonzero(old & (d.split == "val"))
+    fc, fl = Fitted(d, tr, va, rc, seed), Fitted(d, tr, va, rl, seed)
+    new = np.flatnonzero(~old)
+    lab = _pair_labels(fc, fl, d.x[new])
+    y, gen = d.y[new], d.generator[new]
+    out["D"] = {g: float(np.mean(lab[(y == 1) & (gen == g)] == "fake")) for g in sorted(set(gen[y == 1].tolist()))}
+    doms = list(out["F"])
+    out["_summary"] = {
+        "F_mean_fake_without_cifar10": float(np.mean([out["F"][k]["fake"] for k in doms if k != "cifar10"])),
+        "F_mean_uncertain": float(np.mean([out["F"][k]["uncertain"] for k in doms])),
+        "F_val_fakes_labelled_fake": float(np.mean([out["F"][k]["val_fakes_labelled_fake"] for k in doms])),
+        "D_generated_labelled_fake": float(np.mean(list(out["D"].values())))}
+    print(f"  pair: {json.dumps(out['_summary'])}", file=sys.stderr, flush=True)
+    return out
+
+
 def alpha_sweep(d: Data, r: Recipe, seed: int, alphas: tuple[float, ...] = (0.01, 0.005, 0.002, 0.001)) -> dict:
     """How often familiarity abstention fires, by its level: the protocol-D fit (2017–2022 sources only) at the
     worst-domain rule, on every newer image — reals (other kinds of photo) and fakes (unseen generators)."""
@@ -345,7 +388,7 @@ def main() -> None:
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipes", nargs="+", default=["base", "sqrt"], choices=list(RECIPES))
-    ap.add_argument("--protocols", nargs="+", default=["F", "D", "V"], help="F D V alpha")
+    ap.add_argument("--protocols", nargs="+", default=["F", "D", "V"], help="F D V alpha pair")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--test", action="store_true", help="also the held-out test split (the chosen recipe only)")
     ap.add_argument("--target-fpr", type=float, default=TARGET_FPR,
@@ -369,6 +412,8 @@ def main() -> None:
                 row["D"] = protocol_d(d, r, seed)
             if "alpha" in args.protocols:
                 row["alpha"] = alpha_sweep(d, r, seed)
+            if "pair" in args.protocols:
+                row["pair"] = protocol_pair(d, seed)
             if "V" in args.protocols or args.test:
                 row.update(release_view(d, r, seed, (["val"] if "V" in args.protocols else [])
                                         + (["test"] if args.test else [])))
