@@ -45,7 +45,8 @@ class Familiarity:
             raise ValueError(f"familiarity needs more than k={k} training rows of shape [n, d], got {tuple(x.shape)}")
         mean = x.mean(0)
         # A floor keeps near-constant feature dimensions from dominating the distance.
-        scale = x.std(0).clamp_min(1e-3 * float(x.std(0).mean()) + 1e-12)
+        std = x.std(0)
+        scale = std.clamp_min(1e-3 * float(std.mean()) + 1e-12)
         z = (x - mean) / scale
         r = min(components, z.shape[0] - 1, z.shape[1])
         # Principal directions of the standardised training features (torch's randomised PCA: exact enough for

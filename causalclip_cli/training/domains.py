@@ -39,18 +39,15 @@ def balance_weights(labels: np.ndarray, kinds: Sequence[str], mode: str) -> np.n
     return w
 
 
-def per_domain_rates(probs: np.ndarray, kinds: Sequence[str], threshold: float,
-                     band: tuple[float, float] | None = None) -> dict[str, dict]:
-    """Share of each kind's images at or above `threshold` (and inside `band`, when given)."""
-    probs = np.asarray(probs, dtype=np.float64)
+def per_domain_shares(labels: Sequence[str], kinds: Sequence[str]) -> dict[str, dict]:
+    """Per kind: its image count and the shares labelled `fake` and `uncertain`."""
+    labels_arr = np.asarray(list(labels), dtype=object)
     kinds_arr = np.asarray(list(kinds), dtype=object)
     out = {}
     for k in sorted(set(kinds_arr.tolist())):
-        p = probs[kinds_arr == k]
-        row = {"n": int(p.size), "fake": float(np.mean(p >= threshold))}
-        if band is not None:
-            row["uncertain"] = float(np.mean((p >= band[0]) & (p < band[1])))
-        out[k] = row
+        lab = labels_arr[kinds_arr == k]
+        out[k] = {"n": int(lab.size), "fake": float(np.mean(lab == "fake")),
+                  "uncertain": float(np.mean(lab == "uncertain"))}
     return out
 
 

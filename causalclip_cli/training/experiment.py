@@ -545,13 +545,11 @@ def _fit_familiarity(det, ds, req: CalibrateRequest, held_out: list):  # noqa: A
 
 def _domain_table(decision, probs: np.ndarray, kinds: list[str], p_familiar: np.ndarray | None) -> dict:  # noqa: ANN001
     """Per real domain of the calibration split: images, share labelled fake / uncertain at `decision`."""
-    labels = np.array([decision.verdict(float(p), None if p_familiar is None else float(q))[0]
-                       for p, q in zip(probs, p_familiar if p_familiar is not None else [None] * len(probs),
-                                       strict=True)])
-    kinds_arr = np.asarray(kinds, dtype=object)
-    return {k: {"n": int((kinds_arr == k).sum()), "fake": float(np.mean(labels[kinds_arr == k] == "fake")),
-                "uncertain": float(np.mean(labels[kinds_arr == k] == "uncertain"))}
-            for k in sorted(set(kinds))}
+    from causalclip_cli.training.domains import per_domain_shares
+
+    q = [None] * len(probs) if p_familiar is None else [float(v) for v in p_familiar]
+    labels = [decision.verdict(float(p), f)[0] for p, f in zip(probs, q, strict=True)]
+    return per_domain_shares(labels, kinds)
 
 
 def fit_platt(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:

@@ -16,7 +16,7 @@ from causalclip_cli.cli import app
 from causalclip_cli.model.checkpoint import Decision, load_familiarity, read_metadata
 from causalclip_cli.model.familiarity import Familiarity
 from causalclip_cli.scanning.output import ScanRecord
-from causalclip_cli.training.domains import balance_weights, per_domain_rates, worst_domain_threshold
+from causalclip_cli.training.domains import balance_weights, per_domain_shares, worst_domain_threshold
 from causalclip_cli.training.trainer import TrainConfig, train_head
 
 runner = CliRunner()
@@ -77,7 +77,7 @@ def test_worst_domain_sets_the_threshold_and_small_domains_do_not() -> None:
     pooled, by, _ = worst_domain_threshold(probs[:340], kinds[:340], 0.05, 20)
     thr, by, used = worst_domain_threshold(probs, kinds, 0.05, 20)
     assert by == "stock" and used == ["snapshots", "stock"]  # 3 images do not set a threshold
-    rates = per_domain_rates(probs, kinds, thr)
+    rates = per_domain_shares(np.where(probs >= thr, "fake", "real"), kinds)
     assert rates["stock"]["fake"] <= 0.05 and rates["snapshots"]["fake"] <= 0.05
     from causalclip_cli.training.metrics import threshold_at_fpr
 
