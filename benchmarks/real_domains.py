@@ -9,20 +9,30 @@ a `domain` column naming the kind of each real image):
   2. Platt scaling on `val`, threshold at 0.5% false positives on the `val` reals — pooled, or for every real
      domain with at least 15 `val` reals (rules `domain*`) — and the abstain band from the 5% point;
   3. with the rules `*+fam`, a familiarity reference (kNN distance to the training features, conformal p-value
-     calibrated on `val`): a `fake` with p < 0.01 becomes `uncertain`.
+     calibrated on `val`): a `fake` with p < ALPHA (0.002, as released; 0.01 in runs before the second round of
+     2026-11-28) becomes `uncertain`.
 Each fit is scored under all four decision rules (pooled, domain, pooled+fam, domain+fam).
 
 Protocols (the `test` split is never read by F or D; `--test` reports it for the chosen recipe only):
   F  leave one real domain out: for each kind of real photo, its reals leave train and val; the fold's
      decision is applied to that domain's non-test reals. Fake / uncertain shares per held-out domain, mean,
      worst, and the share of the fold's val fakes labelled fake (a check that the rule still detects).
+  FC leave one real domain out with its collection: as F, and the fakes gathered with those reals (the same
+     collection: forensynths, multigen, modern, faces, people, cifake, web-sd) leave train and val too. F leaves
+     those fakes in training with no reals of their content and format, so it measures the worst case of a kind
+     of photo whose look-alike fakes were trained on; FC measures a kind of photo nobody trained on at all.
   D  old → new: train on the 2017–2022 sources only (same splits), calibrate on their val; AP per unseen
      generator, now including the three people-2026 generators (DALL·E 3, SDXL, Stable Cascade; against
      the people-2026 reals of the same splits), and fake / uncertain shares.
   V  the release itself (all domains), per-domain shares on `val` (in-sample for the threshold).
 
     python benchmarks/real_domains.py --recipes base sqrt ... [--protocols F D V] [--test] --out FILE
-    python benchmarks/real_domains.py --tables FILE ...        # markdown tables of finished runs
+    python benchmarks/real_domains.py --tables FILE ...        # markdown tables of finished runs (F)
+    python benchmarks/real_domains.py --tables-fc FILE ...     # the same for FC
+
+Recipes also vary the linear probe's inputs (`layers`), weight decay, erasure of the directions that separate the
+kinds of training reals, and `groups`: probes trained apart on groups of layers, averaged (`ens-*`, released as
+`train --probe-groups`).
 """
 
 from __future__ import annotations
@@ -60,6 +70,10 @@ class Recipe:
     balance: str = "none"
     hard: float = 0.0
     head: tuple = ()  # CausalCLIP hyper-parameters overriding the package defaults, as (name, value) pairs
+    layers: tuple = MID  # which of the cached taps the head reads (a subset of MID)
+    wd: float = 0.0  # Adam weight decay
+    erase: int = 0  # directions that separate the kinds of training reals, projected out before the head
+    groups: tuple = ()  # linear probes trained apart on these groups of `layers` (in order), logits averaged
 
 
 SMALL = (("mask_hidden", 32), ("cls_hidden", 32), ("adv_hidden", 32), ("dropout", 0.3))
@@ -74,10 +88,23 @@ RECIPES = {r.name: r for r in [
     Recipe("lincls-sqrt", balance="sqrt", head=LINEAR_CLASSIFIER),
     Recipe("linear-base", method="linear"),
     Recipe("linear-sqrt", method="linear", balance="sqrt"),
+    # Sweep of the linear probe's inputs and regularisation (issue 18, this round)
+    Recipe("linear-final", method="linear", balance="sqrt", layers=(0,)),
+    Recipe("linear-blocks", method="linear", balance="sqrt", layers=(4, 6, 8, 10, 12)),
+    Recipe("linear-early", method="linear", balance="sqrt", layers=(4, 6, 8)),
+    Recipe("linear-late", method="linear", balance="sqrt", layers=(0, 10, 12)),
+    Recipe("linear-wd3", method="linear", balance="sqrt", wd=1e-3),
+    Recipe("linear-wd2", method="linear", balance="sqrt", wd=1e-2),
+    Recipe("linear-erase4", method="linear", balance="sqrt", erase=4),
+    Recipe("linear-erase8", method="linear", balance="sqrt", erase=8),
+    Recipe("linear-erase11", method="linear", balance="sqrt", erase=11),
+    Recipe("ens-final-blocks", method="linear", balance="sqrt", groups=((0,), (4, 6, 8, 10, 12))),
+    Recipe("ens-three", method="linear", balance="sqrt", groups=((0,), (4, 6, 8), (10, 12))),
+    Recipe("ens-each", method="linear", balance="sqrt", groups=((0,), (4,), (6,), (8,), (10,), (12,))),
 ]}
 # (threshold and band by the worst real domain?, familiarity abstention?)
 RULES = {"pooled": (False, False), "domain": (True, False), "pooled+fam": (False, True), "domain+fam": (True, True)}
-ALPHA = 0.01
+ALPHA = 0.002  # as released (make_release.py); runs before 2026-11-28 (second round) used 0.01
 
 
 @dataclass
@@ -112,8 +139,48 @@ def load() -> Data:
     return Data(x.astype(np.float32), np.asarray(y), np.array([s.split for s in samples]), kinds, gens, paths)
 
 
-def _segments() -> list[int]:
-    return [512 if k == 0 else 768 for k in MID]
+def _segments(layers: tuple = MID) -> list[int]:
+    return [512 if k == 0 else 768 for k in layers]
+
+
+def _columns(layers: tuple) -> np.ndarray:
+    """Columns of Data.x (the MID taps, concatenated) that hold `layers`."""
+    starts = np.cumsum([0, *_segments()])
+    return np.concatenate([np.arange(starts[MID.index(k)], starts[MID.index(k) + 1]) for k in layers])
+
+
+def _group_average(r: Recipe, xt: np.ndarray, yt: np.ndarray, xv: np.ndarray, yv: np.ndarray, cfg: TrainConfig,
+                   w: np.ndarray | None):  # noqa: ANN202
+    """One linear probe per group of layers, trained apart; their average is again one linear head on all layers."""
+    import torch
+
+    from causalclip_cli.model.heads import make_head
+    from causalclip_cli.training.trainer import train_head
+
+    assert [k for g in r.groups for k in g] == list(r.layers), "groups must partition layers in order"
+    starts = np.cumsum([0, *_segments(r.layers)])
+    weights, biases, first, fits = [], [], 0, []
+    for g in r.groups:
+        cols = np.arange(starts[first], starts[first + len(g)])
+        first += len(g)
+        res = train_head("linear", {"segments": _segments(g), "combine": "concat"}, xt[:, cols], yt, xv[:, cols],
+                         yv, cfg, weights=w)
+        weights.append(res.head.fc.weight.detach())
+        biases.append(res.head.fc.bias.detach())
+        fits.append(res)
+    head = make_head("linear", xt.shape[1], {"segments": _segments(r.layers), "combine": "concat"})
+    with torch.no_grad():
+        head.fc.weight.copy_(torch.cat(weights, dim=1) / len(r.groups))
+        head.fc.bias.copy_(torch.stack(biases).mean(0))
+    fits[0].head = head
+    return fits[0]
+
+
+def _domain_directions(z: np.ndarray, kinds: np.ndarray, k: int) -> np.ndarray:
+    """The k directions along which the kinds of real photo differ most (principal axes of their means), [k, dim]."""
+    means = np.stack([z[kinds == c].mean(0) for c in sorted(set(kinds.tolist()))])
+    means -= means.mean(0)
+    return np.linalg.svd(means, full_matrices=False)[2][:k]
 
 
 class Fitted:
@@ -130,11 +197,20 @@ class Fitted:
         from causalclip_cli.training.trainer import train_head
 
         causal = {**asdict(CausalConfig()), **dict(r.head)} if r.method == "causalclip" else {}
-        hc = {**causal, "segments": _segments(), "combine": "concat"}
-        cfg = TrainConfig(**{**asdict(TRAIN), "seed": seed})
-        xt, yt, xv, yv = d.x[train], d.y[train], d.x[val], d.y[val]
+        hc = {**causal, "segments": _segments(r.layers), "combine": "concat"}
+        cfg = TrainConfig(**{**asdict(TRAIN), "seed": seed, "weight_decay": r.wd})
+        self.cols, self.erase = _columns(r.layers), None
+        yt = d.y[train]
+        if r.erase:
+            from causalclip_cli.model.heads import normalize_features
+
+            z = normalize_features(torch.as_tensor(d.x[train][:, self.cols]), tuple(_segments(r.layers))).numpy()
+            self.erase = _domain_directions(z[yt == 0], d.kind[train][yt == 0], r.erase)
+            self.segs = tuple(_segments(r.layers))
+        xt, xv, yv = self.inputs(d.x[train]), self.inputs(d.x[val]), d.y[val]
         w = balance_weights(yt, d.kind[train], r.balance)
-        res = train_head(r.method, hc, xt, yt, xv, yv, cfg, weights=w)
+        res = (train_head(r.method, hc, xt, yt, xv, yv, cfg, weights=w) if not r.groups
+               else _group_average(r, xt, yt, xv, yv, cfg, w))
         if r.hard:
             hard = _hard_reals(res.head, xt, yt, r.hard)
             w = np.ones(len(yt)) if w is None else w.copy()
@@ -143,7 +219,7 @@ class Fitted:
         self.head = res.head.eval()
         with torch.inference_mode():
             self.a, self.b = fit_platt(self.head(torch.as_tensor(xv)).numpy(), yv)
-        pv = self.probs(xv)
+        pv = self.probs(xv, ready=True)
         self.fam = Familiarity.fit(xt).calibrate(xv)
         self.decisions = {}
         for name, (per_domain, fam) in RULES.items():
@@ -152,15 +228,28 @@ class Fitted:
             self.decisions[name] = Decision(thr, band, rule, ALPHA if fam else None)
         self.epochs = res.best_epoch
 
-    def probs(self, x: np.ndarray) -> np.ndarray:
+    def inputs(self, x: np.ndarray) -> np.ndarray:
+        x = x[:, self.cols]
+        if self.erase is None:
+            return x
         import torch
 
+        from causalclip_cli.model.heads import normalize_features
+
+        z = normalize_features(torch.as_tensor(x), self.segs).numpy()
+        return (z - (z @ self.erase.T) @ self.erase).astype(np.float32)
+
+    def probs(self, x: np.ndarray, ready: bool = False) -> np.ndarray:
+        import torch
+
+        x = x if ready else self.inputs(x)
         with torch.inference_mode():
             return torch.sigmoid(self.a * self.head(torch.as_tensor(x)) + self.b).numpy()
 
     def labels(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
         """(probabilities, {rule: (labels, reasons)})."""
-        p, q = self.probs(x), self.fam.p_values(x)
+        x = self.inputs(x)
+        p, q = self.probs(x, ready=True), self.fam.p_values(x)
         out = {}
         for name, dec in self.decisions.items():
             v = [dec.verdict(float(a), float(b)) for a, b in zip(p, q, strict=True)]
@@ -179,13 +268,24 @@ def real_domains(d: Data) -> list[str]:
     return sorted(set(d.kind[d.y == 0].tolist()))
 
 
-def protocol_f(d: Data, r: Recipe, seed: int) -> dict:
+def collection(generator: str) -> str:
+    """The collection a manifest row came from (forensynths, multigen, modern, faces, people, photos, cifake, web-sd):
+    its reals and the fakes gathered to match them."""
+    return generator.split("_", 1)[0]
+
+
+def protocol_f(d: Data, r: Recipe, seed: int, whole_collection: bool = False) -> dict:
+    """F: each kind of real photo leaves train and val. With `whole_collection` (FC), the fakes of the collections
+    that kind came from leave too, so no fakes of that content and format remain without their reals."""
     out = {}
+    coll = np.array([collection(g) for g in d.generator])
     for dom in real_domains(d):
         held = (d.y == 0) & (d.kind == dom)
+        if whole_collection:
+            held |= (d.y == 1) & np.isin(coll, sorted(set(coll[held].tolist())))
         train = np.flatnonzero((d.split == "train") & ~held)
         val = np.flatnonzero((d.split == "val") & ~held)
-        ev = np.flatnonzero(held & (d.split != "test"))
+        ev = np.flatnonzero(held & (d.y == 0) & (d.split != "test"))
         t = time.time()
         f = Fitted(d, train, val, r, seed)
         _, lab = f.labels(d.x[ev])
@@ -195,6 +295,7 @@ def protocol_f(d: Data, r: Recipe, seed: int) -> dict:
                            "threshold": f.decisions[rule].threshold,
                            "set_by": f.decisions[rule].calibration.get("set_by", "pooled")} for rule in RULES}
         out[dom]["seconds"] = round(time.time() - t, 1)
+        out[dom]["fakes_held_out"] = int((held & (d.y == 1)).sum())
         print(f"  F {r.name} seed {seed} without {dom}: " + ", ".join(
             f"{rule} {out[dom][rule]['fake']:.3f}/{out[dom][rule]['uncertain']:.3f}" for rule in RULES),
             file=sys.stderr, flush=True)
@@ -334,7 +435,8 @@ def alpha_sweep(d: Data, r: Recipe, seed: int, alphas: tuple[float, ...] = (0.01
     old = np.array([g.startswith(OLD_PREFIXES) for g in d.generator])
     f = Fitted(d, np.flatnonzero(old & (d.split == "train")), np.flatnonzero(old & (d.split == "val")), r, seed)
     new = np.flatnonzero(~old)
-    p, q, y, kind = f.probs(d.x[new]), f.fam.p_values(d.x[new]), d.y[new], d.kind[new]
+    xn = f.inputs(d.x[new])
+    p, q, y, kind = f.probs(xn, ready=True), f.fam.p_values(xn), d.y[new], d.kind[new]
     thr = f.decisions["domain"].threshold
     out = {"calibration_images": len(f.fam.calibration)}
     for a in alphas:
@@ -349,29 +451,29 @@ def alpha_sweep(d: Data, r: Recipe, seed: int, alphas: tuple[float, ...] = (0.01
     return out
 
 
-def tables(files: list[Path], rule: str = "domain+fam") -> str:
-    """Markdown: protocol F per held-out real domain for every recipe in `files` (fake / uncertain at `rule`),
-    then summaries of F (all rules) and D."""
+def tables(files: list[Path], rule: str = "domain+fam", proto: str = "F") -> str:
+    """Markdown: protocol F (or FC) per held-out real domain for every recipe in `files` (fake / uncertain at
+    `rule`), then summaries of it (all rules) and D."""
     recipes = {}
     for f in files:
         recipes.update(json.loads(f.read_text())["recipes"])
-    runs = {k: v["seed0"] for k, v in recipes.items() if "F" in v.get("seed0", {})}
+    runs = {k: v["seed0"] for k, v in recipes.items() if proto in v.get("seed0", {})}
     names = list(runs)
-    doms = [k for k in next(iter(runs.values()))["F"] if not k.startswith("_")]
-    out = [f"Protocol F at rule `{rule}`: share of the held-out domain's reals labelled `fake` / `uncertain`", "",
-           "| held-out real domain | n | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    doms = [k for k in next(iter(runs.values()))[proto] if not k.startswith("_")]
+    out = [f"Protocol {proto} at rule `{rule}`: share of the held-out domain's reals labelled `fake` / `uncertain`",
+           "", "| held-out real domain | n | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for dom in doms:
-        n = runs[names[0]]["F"][dom][rule]["n"]
-        cells = [runs[k]["F"][dom][rule] for k in names]
+        n = runs[names[0]][proto][dom][rule]["n"]
+        cells = [runs[k][proto][dom][rule] for k in names]
         out.append(f"| {dom} | {n} | " + " | ".join(f"{c['fake']:.1%} / {c['uncertain']:.1%}" for c in cells) + " |")
-    out += ["", "| recipe | rule | F mean fake | F mean fake without cifar10 | F worst (domain) | F mean uncertain | "
-            "F val fakes labelled fake | D mean AP | D AP people-2026 | D generated labelled fake |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    out += ["", f"| recipe | rule | {proto} mean fake | {proto} mean fake without cifar10 | {proto} worst (domain) | "
+            f"{proto} mean uncertain | {proto} val fakes labelled fake | D mean AP | D AP people-2026 | "
+            "D generated labelled fake |", "|---|---|---|---|---|---|---|---|---|---|"]
     for k in names:
         r = runs[k]
         for rl in RULES:
-            sm = r["F"]["_summary"][rl]
-            rest = [r["F"][d][rl]["fake"] for d in doms if d != "cifar10"]
+            sm = r[proto]["_summary"][rl]
+            rest = [r[proto][d][rl]["fake"] for d in doms if d != "cifar10"]
             d = r.get("D", {}).get("_summary")
             dcols = (f"{d['mean_ap']:.3f} | {d['mean_ap_people']:.3f} | {d[rl]['mean_fakes_labelled_fake']:.1%}"
                      if d else "– | – | –")
@@ -383,12 +485,12 @@ def tables(files: list[Path], rule: str = "domain+fam") -> str:
 
 def main() -> None:
     global TARGET_FPR
-    if sys.argv[1:2] == ["--tables"]:
-        print(tables([Path(p) for p in sys.argv[2:]]))
+    if sys.argv[1:2] in (["--tables"], ["--tables-fc"]):
+        print(tables([Path(p) for p in sys.argv[2:]], proto="FC" if sys.argv[1] == "--tables-fc" else "F"))
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipes", nargs="+", default=["base", "sqrt"], choices=list(RECIPES))
-    ap.add_argument("--protocols", nargs="+", default=["F", "D", "V"], help="F D V alpha pair")
+    ap.add_argument("--protocols", nargs="+", default=["F", "D", "V"], help="F FC D V alpha pair")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--test", action="store_true", help="also the held-out test split (the chosen recipe only)")
     ap.add_argument("--target-fpr", type=float, default=TARGET_FPR,
@@ -408,6 +510,8 @@ def main() -> None:
             row = {}
             if "F" in args.protocols:
                 row["F"] = protocol_f(d, r, seed)
+            if "FC" in args.protocols:
+                row["FC"] = protocol_f(d, r, seed, whole_collection=True)
             if "D" in args.protocols:
                 row["D"] = protocol_d(d, r, seed)
             if "alpha" in args.protocols:

@@ -551,6 +551,9 @@ def train(
         min=0.0, max=0.99, help="Share of training reals that a first fit scores highest, up-weighted in a second "
                                 "fit (hard real negatives; 0: off).")] = 0.0,
     hard_weight: Annotated[float, typer.Option(min=1.0, help="Weight multiplier of those hard reals.")] = 3.0,
+    probe_groups: Annotated[str | None, typer.Option(
+        help="Linear head only: split --layers into groups with '|', e.g. 'final|4,6,8|10,12'; one probe is "
+             "trained per group and the head is their average.")] = None,
 ) -> None:
     """Train a CausalCLIP (or linear-probe) head on a dataset; writes a safetensors checkpoint."""
     from causalclip_cli.training.experiment import TrainRequest, run_train
@@ -568,7 +571,7 @@ def train(
         jpeg_align=jpeg_align, augment=augment, device=device, workers=workers,
         extract_batch_size=extract_batch_size, cache_dir=cache_dir, resume=resume, features=features,
         recipe=recipe, crops=crops, layers=layers, combine=combine, aggregate=aggregate, augment_views=augment_views,
-        balance=balance, hard_reals=hard_reals, hard_weight=hard_weight,
+        balance=balance, hard_reals=hard_reals, hard_weight=hard_weight, probe_groups=probe_groups,
     )
     try:
         result = run_train(req)

@@ -105,6 +105,7 @@ class TrainRequest:
     balance: str = "none"  # domains.BALANCE: how kinds of images are weighted within each class
     hard_reals: float = 0.0  # share of training reals scored highest by a first fit, up-weighted in a second
     hard_weight: float = 3.0  # their weight multiplier
+    probe_groups: str | None = None  # linear head only: "final|4,6,8|10,12", probes trained apart and averaged
 
 
 def _train_weights(req: TrainRequest, y: np.ndarray, kinds: list[str], n_images: int) -> np.ndarray | None:
@@ -154,13 +155,31 @@ def _splits(ds, val_fraction: float, seed: int) -> tuple[list, list]:  # noqa: A
     return train, val
 
 
+def _probe_groups(req: TrainRequest, layers: tuple[int, ...], depth: int) -> list[int] | None:
+    """--probe-groups → how many of the head's input segments each probe reads, or None."""
+    if not req.probe_groups:
+        return None
+    from causalclip_cli.model.taps import parse_layers
+
+    if req.head != "linear":
+        raise UsageError("--probe-groups trains linear probes: it needs --head linear")
+    try:
+        groups = [parse_layers(part, depth) for part in req.probe_groups.split("|")]
+    except ValueError as exc:
+        raise UsageError(f"--probe-groups: {exc}") from None
+    if tuple(k for g in groups for k in g) != layers:
+        raise UsageError(f"--probe-groups {req.probe_groups!r} must split --layers {req.layers!r} into groups, "
+                         "in the same order")
+    return [len(g) for g in groups]
+
+
 def run_train(req: TrainRequest) -> dict:
     from causalclip_cli.inputs.transforms import jpeg, random_augment
     from causalclip_cli.model.backbones import BackboneSpec, load_backbone
     from causalclip_cli.model.checkpoint import Decision, build_metadata, save_checkpoint
     from causalclip_cli.settings import resolve_device
     from causalclip_cli.training.metrics import per_group_metrics
-    from causalclip_cli.training.trainer import TrainConfig, clear_resume, train_head
+    from causalclip_cli.training.trainer import TrainConfig, clear_resume, train_head, train_probe_groups
 
     if req.output.suffix != ".safetensors":
         raise UsageError(f"--output {req.output}: checkpoints are .safetensors files")
@@ -177,6 +196,7 @@ def run_train(req: TrainRequest) -> dict:
         recipe = bb.preprocess.with_views(req.recipe, req.crops)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    groups = _probe_groups(req, spec.layers, shape.depth)
     if store and (not spec.final_only or recipe.mode != "resize"):
         raise UsageError("--features holds final-layer embeddings of the resize recipe: "
                          "--layers/--recipe need --data")
@@ -246,8 +266,15 @@ def run_train(req: TrainRequest) -> dict:
     hc = req.head_config if req.head == "causalclip" else {}
     hc = {**hc, "segments": shape.dims(spec.layers) if not spec.final_only else [], "combine": req.combine}
     weights = _train_weights(req, y_tr, tr.kinds, len(tr.y))
-    result = train_head(req.head, hc, x_tr, y_tr, va.x, va.y, cfg,
-                        resume_from=req.output, resume=req.resume, on_epoch=on_epoch, weights=weights)
+
+    def fit(w: np.ndarray | None, resume: bool):  # noqa: ANN202
+        if groups:  # several short fits: an interrupted one starts again (nothing half-written is kept)
+            return train_probe_groups(groups, hc["segments"] or shape.dims(spec.layers), x_tr, y_tr, va.x, va.y,
+                                      cfg, on_epoch=on_epoch, weights=w)
+        return train_head(req.head, hc, x_tr, y_tr, va.x, va.y, cfg,
+                          resume_from=req.output, resume=resume, on_epoch=on_epoch, weights=w)
+
+    result = fit(weights, req.resume)
     import torch
 
     hard = None
@@ -257,8 +284,7 @@ def run_train(req: TrainRequest) -> dict:
         weights = np.ones(len(y_tr)) if weights is None else weights.copy()
         weights[hard] *= req.hard_weight
         clear_resume(req.output)
-        result = train_head(req.head, hc, x_tr, y_tr, va.x, va.y, cfg,
-                            resume_from=req.output, resume=False, on_epoch=on_epoch, weights=weights)
+        result = fit(weights, False)
 
     with torch.inference_mode():
         probs = torch.sigmoid(result.head(torch.as_tensor(va.x))).numpy()
@@ -270,6 +296,7 @@ def run_train(req: TrainRequest) -> dict:
                     "augmented_copies": int(len(y_tr) - len(tr.y)), "jpeg_align": req.jpeg_align,
                     "augmented_views": req.augment_views, "balance": req.balance,
                     "kinds": _kind_counts(tr), "hard_reals": 0 if hard is None else int(len(hard)),
+                    "probe_groups": req.probe_groups,
                     "best_epoch": result.best_epoch, "epochs_run": len(result.history),
                     "stopped_early": result.stopped_early, "seconds": round(result.seconds, 2)},
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in req.__dict__.items()},

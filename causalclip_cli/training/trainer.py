@@ -206,3 +206,49 @@ def clear_resume(output: Path) -> None:
     p = _resume_path(output)
     if p.exists():
         p.unlink()
+
+
+def train_probe_groups(
+    groups: list[int],
+    segments: list[int],
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    cfg: TrainConfig | None = None,
+    *,
+    on_epoch: EpochCallback | None = None,
+    weights: np.ndarray | None = None,
+) -> TrainResult:
+    """Linear probes trained apart, one per group of consecutive input segments (`groups` counts the segments of
+    each), then merged into one linear head whose logit is the mean of theirs.
+
+    Why: one probe on every layer at once leans on whichever layers separate the training data best, and those
+    are also the ones that learn a kind of photo; probes that must each work alone spread the decision over the
+    feature levels (issue 18, protocols F and D). The result is an ordinary `LinearHead` over all segments, since
+    per-segment normalisation makes the mean of the probes a linear function of the whole input."""
+    if sum(groups) != len(segments) or min(groups, default=0) < 1:
+        raise ValueError(f"probe groups {groups} do not partition the {len(segments)} feature segments")
+    cfg = cfg or TrainConfig()
+    t0 = time.perf_counter()
+    bounds = np.cumsum([0, *segments])
+    fits, first = [], 0
+    for g, n in enumerate(groups):
+        cols = slice(int(bounds[first]), int(bounds[first + n]))
+        segs = segments[first:first + n]
+        first += n
+        tag = (lambda row, g=g: on_epoch({**row, "group": g})) if on_epoch else None
+        fits.append(train_head("linear", {"segments": segs if len(segments) > 1 else [], "combine": "concat"},
+                               x_train[..., cols], y_train, x_val[..., cols], y_val, cfg, on_epoch=tag,
+                               weights=weights))
+    head = make_head("linear", x_train.shape[-1], {"segments": segments if len(segments) > 1 else [],
+                                                   "combine": "concat"})
+    with torch.no_grad():
+        head.fc.weight.copy_(torch.cat([f.head.fc.weight for f in fits], dim=1) / len(fits))
+        head.fc.bias.copy_(torch.stack([f.head.fc.bias for f in fits]).mean(0))
+    head.eval()
+    best = {**_evaluate(head, torch.as_tensor(x_val, dtype=torch.float32), y_val),
+            "epoch": [f.best_epoch for f in fits]}
+    history = [{**row, "group": g} for g, f in enumerate(fits) for row in f.history]
+    return TrainResult(head=head, best_epoch=max(f.best_epoch for f in fits), best=best, history=history,
+                       stopped_early=all(f.stopped_early for f in fits), seconds=time.perf_counter() - t0)

@@ -225,3 +225,56 @@ def test_bad_calibration_options_exit_2(domain_manifest: Path, tiny_checkpoint: 
     res = runner.invoke(app, ["train", "--data", str(domain_manifest), "--output", str(tmp_path / "y.safetensors"),
                               *TINY, "--workers", "0", "--balance", "equal"])
     assert res.exit_code == 2 and "balance" in res.output
+
+
+# --------------------------------------------------------------------------- probe groups
+
+
+def test_probe_groups_average_probes_trained_apart() -> None:
+    """Two segments; only the second tells the classes apart. The merged head is the mean of the two probes."""
+    from causalclip_cli.model.heads import make_head
+    from causalclip_cli.training.trainer import train_probe_groups
+
+    g = torch.Generator().manual_seed(0)
+    n = 300
+    y = np.array([0] * n + [1] * n)
+    noise = torch.randn(2 * n, 6, generator=g).numpy()
+    signal = torch.randn(2 * n, 4, generator=g).numpy() + np.where(y[:, None] == 1, 1.5, -1.5)
+    x = np.concatenate([noise, signal], axis=1).astype(np.float32)
+    cfg = TrainConfig(epochs=6, batch_size=64, lr=1e-2, patience=100, seed=0)
+    res = train_probe_groups([1, 1], [6, 4], x, y, x, y, cfg)
+    assert res.head.kind == "linear" and res.head.fc.weight.shape == (1, 10)
+    assert res.best["ap"] > 0.95 and len(res.best["epoch"]) == 2
+    assert {row["group"] for row in res.history} == {0, 1}
+
+    # Each part of the merged weights is half of a probe trained on its segment alone.
+    alone = train_head("linear", {"segments": [4], "combine": "concat"}, x[:, 6:], y, x[:, 6:], y, cfg)
+    assert torch.allclose(res.head.fc.weight[0, 6:], alone.head.fc.weight[0] / 2, atol=1e-6)
+    other = train_head("linear", {"segments": [6], "combine": "concat"}, x[:, :6], y, x[:, :6], y, cfg)
+    both = make_head("linear", 10, {"segments": [6, 4]})
+    with torch.inference_mode():
+        xt = torch.as_tensor(x)
+        mean = (alone.head(xt[:, 6:]) + other.head(xt[:, :6])) / 2
+        assert torch.allclose(res.head(xt), mean, atol=1e-5)
+        assert not torch.allclose(both(xt), mean, atol=1e-3)  # an untrained head is not that mean
+    with pytest.raises(ValueError, match="partition"):
+        train_probe_groups([1, 2], [6, 4], x, y, x, y, cfg)
+
+
+def test_train_with_probe_groups_and_its_errors(domain_manifest: Path, tmp_path: Path) -> None:
+    cache, out = tmp_path / "cache", tmp_path / "groups.safetensors"
+    common = ["train", "--data", str(domain_manifest), *TINY, "--cache-dir", str(cache), "--workers", "0",
+              "--epochs", "2", "--lr", "1e-3", "--layers", "final,1,2"]
+    res = runner.invoke(app, [*common, "--output", str(out), "--head", "linear", "--probe-groups", "final|1,2"])
+    assert res.exit_code == 0, res.output
+    meta = read_metadata(out)
+    assert meta["head"]["kind"] == "linear" and meta["training"]["summary"]["probe_groups"] == "final|1,2"
+    assert {row["group"] for row in meta["training"]["history"]} == {0, 1}
+    bad = tmp_path / "bad.safetensors"
+    for extra, why in [(["--head", "causalclip", "--probe-groups", "final|1,2"], "--head linear"),
+                       (["--head", "linear", "--probe-groups", "final|2,1"], "same order"),
+                       (["--head", "linear", "--probe-groups", "final|1"], "same order"),
+                       (["--head", "linear", "--probe-groups", "final|x"], "probe-groups")]:
+        res = runner.invoke(app, [*common, "--output", str(bad), *extra])
+        assert res.exit_code == 2 and why in res.output, (extra, res.output)
+    assert not bad.exists()
