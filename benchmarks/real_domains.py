@@ -29,6 +29,7 @@ Protocols (the `test` split is never read by F or D; `--test` reports it for the
     python benchmarks/real_domains.py --recipes base sqrt ... [--protocols F D V] [--test] --out FILE
     python benchmarks/real_domains.py --tables FILE ...        # markdown tables of finished runs (F)
     python benchmarks/real_domains.py --tables-fc FILE ...     # the same for FC
+    python benchmarks/real_domains.py --seed-summary FILE ...  # mean ± sd over seeds of F, FC and D
 
 Recipes also vary the linear probe's inputs (`layers`), weight decay, erasure of the directions that separate the
 kinds of training reals, and `groups`: probes trained apart on groups of layers, averaged (`ens-*`, released as
@@ -101,6 +102,8 @@ RECIPES = {r.name: r for r in [
     Recipe("ens-final-blocks", method="linear", balance="sqrt", groups=((0,), (4, 6, 8, 10, 12))),
     Recipe("ens-three", method="linear", balance="sqrt", groups=((0,), (4, 6, 8), (10, 12))),
     Recipe("ens-each", method="linear", balance="sqrt", groups=((0,), (4,), (6,), (8,), (10,), (12,))),
+    Recipe("ens-three-hard", method="linear", balance="sqrt", hard=0.1, groups=((0,), (4, 6, 8), (10, 12))),
+    Recipe("ens-three-domain", method="linear", balance="domain", groups=((0,), (4, 6, 8), (10, 12))),
 ]}
 # (threshold and band by the worst real domain?, familiarity abstention?)
 RULES = {"pooled": (False, False), "domain": (True, False), "pooled+fam": (False, True), "domain+fam": (True, True)}
@@ -215,7 +218,8 @@ class Fitted:
             hard = _hard_reals(res.head, xt, yt, r.hard)
             w = np.ones(len(yt)) if w is None else w.copy()
             w[hard] *= 3.0
-            res = train_head(r.method, hc, xt, yt, xv, yv, cfg, weights=w)
+            res = (train_head(r.method, hc, xt, yt, xv, yv, cfg, weights=w) if not r.groups
+                   else _group_average(r, xt, yt, xv, yv, cfg, w))
         self.head = res.head.eval()
         with torch.inference_mode():
             self.a, self.b = fit_platt(self.head(torch.as_tensor(xv)).numpy(), yv)
@@ -483,8 +487,60 @@ def tables(files: list[Path], rule: str = "domain+fam", proto: str = "F") -> str
     return "\n".join(out) + "\n"
 
 
+def seed_summary(files: list[Path], rule: str = "domain+fam") -> str:
+    """Markdown: mean ± sd over seeds of each recipe's F, FC and D figures at `rule`."""
+    recipes = {}
+    for f in files:
+        recipes.update(json.loads(f.read_text())["recipes"])
+    out = [f"Over seeds, rule `{rule}` (mean ± sd; F/FC means without cifar10)", "",
+           "| recipe | seeds | F fake | F worst kinds | F uncertain | F val fakes fake | FC fake | FC worst | "
+           "FC uncertain | D AP | D AP people | D generated fake |", "|---|---|" + "---|" * 10]
+
+    def ms(v: list[float], pct: bool = True) -> str:
+        if not v:
+            return "–"
+        m, sd = float(np.mean(v)), float(np.std(v))
+        return f"{m:.1%} ± {sd:.1%}" if pct else f"{m:.3f} ± {sd:.3f}"
+
+    for name, res in recipes.items():
+        seeds = [v for k, v in res.items() if k.startswith("seed")]
+        cols = []
+        for proto in ("F", "FC"):
+            runs = [s[proto] for s in seeds if proto in s]
+            doms = [k for k in (runs[0] if runs else {}) if not k.startswith("_") and k != "cifar10"]
+            fake = [float(np.mean([r[d][rule]["fake"] for d in doms])) for r in runs]
+            unc = [float(np.mean([r[d][rule]["uncertain"] for d in doms])) for r in runs]
+            per = {d: float(np.mean([r[d][rule]["fake"] for r in runs])) for d in doms}
+            worst = ", ".join(f"{d} {v:.1%}" for d, v in sorted(per.items(), key=lambda kv: -kv[1])[:2])
+            cols += [ms(fake), worst or "–", ms(unc)]
+            if proto == "F":
+                cols.append(ms([r["_summary"][rule]["mean_val_fakes_labelled_fake"] for r in runs]))
+        ds = [s["D"]["_summary"] for s in seeds if "D" in s]
+        cols += [ms([d["mean_ap"] for d in ds], False), ms([d["mean_ap_people"] for d in ds], False),
+                 ms([d[rule]["mean_fakes_labelled_fake"] for d in ds])]
+        out.append(f"| {name} | {len(seeds)} | " + " | ".join(cols) + " |")
+    for proto in ("F", "FC"):
+        names = [n for n, res in recipes.items() if any(proto in v for k, v in res.items() if k.startswith("seed"))]
+        if not names:
+            continue
+        out += ["", f"Protocol {proto} per held-out kind, mean over seeds: labelled `fake` / `uncertain`", "",
+                "| held-out kind | n | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+        first = next(v[proto] for k, v in recipes[names[0]].items() if k.startswith("seed"))
+        for dom in (k for k in first if not k.startswith("_")):
+            cells = []
+            for n in names:
+                runs = [v[proto][dom][rule] for k, v in recipes[n].items() if k.startswith("seed") and proto in v]
+                fake, unc = np.mean([r["fake"] for r in runs]), np.mean([r["uncertain"] for r in runs])
+                cells.append(f"{fake:.1%} / {unc:.1%}")
+            out.append(f"| {dom} | {first[dom][rule]['n']} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     global TARGET_FPR
+    if sys.argv[1:2] == ["--seed-summary"]:
+        print(seed_summary([Path(p) for p in sys.argv[2:]]))
+        return
     if sys.argv[1:2] in (["--tables"], ["--tables-fc"]):
         print(tables([Path(p) for p in sys.argv[2:]], proto="FC" if sys.argv[1] == "--tables-fc" else "F"))
         return

@@ -105,6 +105,9 @@ def test_info_describes_the_default_model_in_words() -> None:
     assert f"set by {meta['decision']['calibration']['set_by']}" in res.stdout
     assert "familiarity p < 0.002" in res.stdout and "balanced (sqrt)" in res.stdout
     assert "final embedding, block 4, block 6" in res.stdout and "Platt-scaled" in res.stdout
+    # The default is three probes trained apart and averaged (chosen by protocols F, FC and D).
+    assert meta["training"]["summary"]["probe_groups"] == "final|4,6,8|10,12"
+    assert "the average of 3 probes trained apart on layers final | 4,6,8 | 10,12" in res.stdout
     assert "best epoch" in res.stdout and "{" not in res.stdout  # summarised, not a dict dump
 
 

@@ -188,6 +188,9 @@ def _training_text(tr: dict) -> str:
         parts.append(f"{len(tr.get('kinds') or {})} kinds of images balanced ({tr['balance']})")
     if tr.get("hard_reals"):
         parts.append(f"{tr['hard_reals']} hardest training reals up-weighted in a second fit")
+    if tr.get("probe_groups"):
+        groups = tr["probe_groups"].split("|")
+        parts.append(f"the average of {len(groups)} probes trained apart on layers {' | '.join(groups)}")
     if tr.get("generators"):
         parts.append(f"{len(tr['generators'])} generators ({tr.get('layout', '?')} layout)")
     if "best_epoch" in tr:

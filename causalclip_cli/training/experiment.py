@@ -258,7 +258,8 @@ def run_train(req: TrainRequest) -> dict:
 
     def on_epoch(row: dict) -> None:
         ap = row.get("val_ap")
-        con.print(f"epoch {row['epoch']:3d}  loss {row.get('loss_total', 0):.4f}  val acc "
+        probe = f"probe {row['group'] + 1}  " if "group" in row else ""
+        con.print(f"{probe}epoch {row['epoch']:3d}  loss {row.get('loss_total', 0):.4f}  val acc "
                   f"{row['val_acc']:.4f}  val AP {ap if ap is None else round(ap, 4)}")
 
     cfg = TrainConfig(epochs=req.epochs, batch_size=req.batch_size, lr=req.lr, weight_decay=req.weight_decay,
@@ -297,7 +298,7 @@ def run_train(req: TrainRequest) -> dict:
                     "augmented_views": req.augment_views, "balance": req.balance,
                     "kinds": _kind_counts(tr), "hard_reals": 0 if hard is None else int(len(hard)),
                     "probe_groups": req.probe_groups,
-                    "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+                    "best_epoch": result.best_epoch, "epochs_run": max((r["epoch"] for r in result.history), default=0),
                     "stopped_early": result.stopped_early, "seconds": round(result.seconds, 2)},
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in req.__dict__.items()},
         "val_metrics": val_metrics,
