@@ -107,6 +107,9 @@ RECIPES = {r.name: r for r in [
 ]}
 # (threshold and band by the worst real domain?, familiarity abstention?)
 RULES = {"pooled": (False, False), "domain": (True, False), "pooled+fam": (False, True), "domain+fam": (True, True)}
+# --real-alphas adds rules `domain+fam+realA`: a `fake` on an image unlike every training *real* (a familiarity
+# reference of the training reals alone, p < A on the val reals) also becomes `uncertain` (exploratory).
+REAL_ALPHA: dict[str, float] = {}
 ALPHA = 0.002  # as released (make_release.py); runs before 2026-11-28 (second round) used 0.01
 
 
@@ -225,6 +228,7 @@ class Fitted:
             self.a, self.b = fit_platt(self.head(torch.as_tensor(xv)).numpy(), yv)
         pv = self.probs(xv, ready=True)
         self.fam = Familiarity.fit(xt).calibrate(xv)
+        self.fam_real = Familiarity.fit(xt[yt == 0]).calibrate(xv[yv == 0]) if REAL_ALPHA else None
         self.decisions = {}
         for name, (per_domain, fam) in RULES.items():
             thr, band, rule = choose_threshold(pv[yv == 0], d.kind[val][yv == 0], TARGET_FPR, BAND,
@@ -255,9 +259,14 @@ class Fitted:
         x = self.inputs(x)
         p, q = self.probs(x, ready=True), self.fam.p_values(x)
         out = {}
+        qr = self.fam_real.p_values(x) if self.fam_real is not None else None
         for name, dec in self.decisions.items():
             v = [dec.verdict(float(a), float(b)) for a, b in zip(p, q, strict=True)]
-            out[name] = (np.array([o[0] for o in v]), np.array([o[1] or "" for o in v]))
+            lab, why = np.array([o[0] for o in v]), np.array([o[1] or "" for o in v], dtype=object)
+            if name in REAL_ALPHA:
+                far = (lab == "fake") & (qr < REAL_ALPHA[name])
+                lab, why = np.where(far, "uncertain", lab), np.where(far, "unfamiliar", why)
+            out[name] = (lab, why)
         return p, out
 
 
@@ -551,8 +560,13 @@ def main() -> None:
     ap.add_argument("--test", action="store_true", help="also the held-out test split (the chosen recipe only)")
     ap.add_argument("--target-fpr", type=float, default=TARGET_FPR,
                     help="per-domain (or pooled) false-positive target on the val reals")
+    ap.add_argument("--real-alphas", nargs="*", type=float, default=[],
+                    help="also rules that withhold `fake` from images unlike every training real (exploratory)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
+    for a in args.real_alphas:
+        RULES[f"domain+fam+real{a:g}"] = (True, True)
+        REAL_ALPHA[f"domain+fam+real{a:g}"] = a
     TARGET_FPR = args.target_fpr
     d = load()
     print(f"{len(d.y)} images, {int((d.y == 0).sum())} real in {len(real_domains(d))} domains", file=sys.stderr)
