@@ -152,7 +152,7 @@ def test_unfamiliar_images_are_never_called_fake(tmp_path: Path) -> None:
 
 
 @pytest.mark.real
-def test_default_does_not_accuse_held_out_portraits(tmp_path: Path) -> None:
+def test_default_does_not_accuse_held_out_portraits(shared_data: Path) -> None:
     """Issue 18: retouched stock portraits, studio portraits and news faces of the test split (never trained or
     calibrated on), scanned with the default: at most one of 15 labelled `fake`."""
     rows = [r for r in csv.DictReader(MANIFEST.open()) if r["split"] == "test"
