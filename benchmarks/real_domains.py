@@ -104,6 +104,7 @@ RECIPES = {r.name: r for r in [
     Recipe("ens-each", method="linear", balance="sqrt", groups=((0,), (4,), (6,), (8,), (10,), (12,))),
     Recipe("ens-three-hard", method="linear", balance="sqrt", hard=0.1, groups=((0,), (4, 6, 8), (10, 12))),
     Recipe("ens-three-domain", method="linear", balance="domain", groups=((0,), (4, 6, 8), (10, 12))),
+    Recipe("ens-three-domain-hard", method="linear", balance="domain", hard=0.1, groups=((0,), (4, 6, 8), (10, 12))),
 ]}
 # (threshold and band by the worst real domain?, familiarity abstention?)
 RULES = {"pooled": (False, False), "domain": (True, False), "pooled+fam": (False, True), "domain+fam": (True, True)}
