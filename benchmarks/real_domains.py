@@ -158,29 +158,11 @@ def _columns(layers: tuple) -> np.ndarray:
 
 def _group_average(r: Recipe, xt: np.ndarray, yt: np.ndarray, xv: np.ndarray, yv: np.ndarray, cfg: TrainConfig,
                    w: np.ndarray | None):  # noqa: ANN202
-    """One linear probe per group of layers, trained apart; their average is again one linear head on all layers."""
-    import torch
-
-    from causalclip_cli.model.heads import make_head
-    from causalclip_cli.training.trainer import train_head
+    """`train --probe-groups`: one linear probe per group of layers, trained apart, averaged into one linear head."""
+    from causalclip_cli.training.trainer import train_probe_groups
 
     assert [k for g in r.groups for k in g] == list(r.layers), "groups must partition layers in order"
-    starts = np.cumsum([0, *_segments(r.layers)])
-    weights, biases, first, fits = [], [], 0, []
-    for g in r.groups:
-        cols = np.arange(starts[first], starts[first + len(g)])
-        first += len(g)
-        res = train_head("linear", {"segments": _segments(g), "combine": "concat"}, xt[:, cols], yt, xv[:, cols],
-                         yv, cfg, weights=w)
-        weights.append(res.head.fc.weight.detach())
-        biases.append(res.head.fc.bias.detach())
-        fits.append(res)
-    head = make_head("linear", xt.shape[1], {"segments": _segments(r.layers), "combine": "concat"})
-    with torch.no_grad():
-        head.fc.weight.copy_(torch.cat(weights, dim=1) / len(r.groups))
-        head.fc.bias.copy_(torch.stack(biases).mean(0))
-    fits[0].head = head
-    return fits[0]
+    return train_probe_groups([len(g) for g in r.groups], _segments(r.layers), xt, yt, xv, yv, cfg, weights=w)
 
 
 def _domain_directions(z: np.ndarray, kinds: np.ndarray, k: int) -> np.ndarray:
