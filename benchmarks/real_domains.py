@@ -33,7 +33,8 @@ Protocols (the `test` split is never read by F or D; `--test` reports it for the
 
 Recipes also vary the linear probe's inputs (`layers`), weight decay, erasure of the directions that separate the
 kinds of training reals, and `groups`: probes trained apart on groups of layers, averaged (`ens-*`, released as
-`train --probe-groups`).
+`train --probe-groups`), and `drop`: kinds left out of training and calibration (released as `train --exclude`).
+Kinds in NOT_PHOTOS (CIFAR-10's thumbnails, the GTA V frames) are scored but left out of the means over photographs.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class Recipe:
     wd: float = 0.0  # Adam weight decay
     erase: int = 0  # directions that separate the kinds of training reals, projected out before the head
     groups: tuple = ()  # linear probes trained apart on these groups of `layers` (in order), logits averaged
+    drop: tuple = ()  # kinds (real domains or generators) left out of training and calibration; still scored
 
 
 SMALL = (("mask_hidden", 32), ("cls_hidden", 32), ("adv_hidden", 32), ("dropout", 0.3))
@@ -105,7 +107,16 @@ RECIPES = {r.name: r for r in [
     Recipe("ens-three-hard", method="linear", balance="sqrt", hard=0.1, groups=((0,), (4, 6, 8), (10, 12))),
     Recipe("ens-three-domain", method="linear", balance="domain", groups=((0,), (4, 6, 8), (10, 12))),
     Recipe("ens-three-domain-hard", method="linear", balance="domain", hard=0.1, groups=((0,), (4, 6, 8), (10, 12))),
+    # Third round: the GTA V frames (kind `game-renders`) are not photographs; train without them, or without
+    # them and the two generators made to imitate them (CRN, IMLE).
+    Recipe("ens-three-domain-norender", method="linear", balance="domain", groups=((0,), (4, 6, 8), (10, 12)),
+           drop=("game-renders",)),
+    Recipe("ens-three-domain-nogta", method="linear", balance="domain", groups=((0,), (4, 6, 8), (10, 12)),
+           drop=("game-renders", "forensynths_crn", "forensynths_imle")),
 ]}
+# Kinds of real image that are scored and reported but left out of every real-*photograph* mean: CIFAR-10's 32-px
+# thumbnails, and the GTA V frames that CNNDetection pairs with CRN and IMLE (computer renders).
+NOT_PHOTOS = ("cifar10", "game-renders")
 # (threshold and band by the worst real domain?, familiarity abstention?)
 RULES = {"pooled": (False, False), "domain": (True, False), "pooled+fam": (False, True), "domain+fam": (True, True)}
 # --real-alphas adds rules `domain+fam+realA`: a `fake` on an image unlike every training *real* (a familiarity
@@ -185,6 +196,8 @@ class Fitted:
         from causalclip_cli.training.experiment import _hard_reals, fit_platt
         from causalclip_cli.training.trainer import train_head
 
+        if r.drop:
+            train, val = (i[~np.isin(d.kind[i], r.drop)] for i in (train, val))
         causal = {**asdict(CausalConfig()), **dict(r.head)} if r.method == "causalclip" else {}
         hc = {**causal, "segments": _segments(r.layers), "combine": "concat"}
         cfg = TrainConfig(**{**asdict(TRAIN), "seed": seed, "weight_decay": r.wd})
@@ -417,7 +430,7 @@ def protocol_pair(d: Data, seed: int) -> dict:
     out["D"] = {g: float(np.mean(lab[(y == 1) & (gen == g)] == "fake")) for g in sorted(set(gen[y == 1].tolist()))}
     doms = list(out["F"])
     out["_summary"] = {
-        "F_mean_fake_without_cifar10": float(np.mean([out["F"][k]["fake"] for k in doms if k != "cifar10"])),
+        "F_mean_fake_photographs": float(np.mean([out["F"][k]["fake"] for k in doms if k not in NOT_PHOTOS])),
         "F_mean_uncertain": float(np.mean([out["F"][k]["uncertain"] for k in doms])),
         "F_val_fakes_labelled_fake": float(np.mean([out["F"][k]["val_fakes_labelled_fake"] for k in doms])),
         "D_generated_labelled_fake": float(np.mean(list(out["D"].values())))}
@@ -462,14 +475,14 @@ def tables(files: list[Path], rule: str = "domain+fam", proto: str = "F") -> str
         n = runs[names[0]][proto][dom][rule]["n"]
         cells = [runs[k][proto][dom][rule] for k in names]
         out.append(f"| {dom} | {n} | " + " | ".join(f"{c['fake']:.1%} / {c['uncertain']:.1%}" for c in cells) + " |")
-    out += ["", f"| recipe | rule | {proto} mean fake | {proto} mean fake without cifar10 | {proto} worst (domain) | "
+    out += ["", f"| recipe | rule | {proto} mean fake | {proto} mean fake over photographs | {proto} worst (domain) | "
             f"{proto} mean uncertain | {proto} val fakes labelled fake | D mean AP | D AP people-2026 | "
             "D generated labelled fake |", "|---|---|---|---|---|---|---|---|---|---|"]
     for k in names:
         r = runs[k]
         for rl in RULES:
             sm = r[proto]["_summary"][rl]
-            rest = [r[proto][d][rl]["fake"] for d in doms if d != "cifar10"]
+            rest = [r[proto][d][rl]["fake"] for d in doms if d not in NOT_PHOTOS]
             d = r.get("D", {}).get("_summary")
             dcols = (f"{d['mean_ap']:.3f} | {d['mean_ap_people']:.3f} | {d[rl]['mean_fakes_labelled_fake']:.1%}"
                      if d else "– | – | –")
@@ -484,7 +497,7 @@ def seed_summary(files: list[Path], rule: str = "domain+fam") -> str:
     recipes = {}
     for f in files:
         recipes.update(json.loads(f.read_text())["recipes"])
-    out = [f"Over seeds, rule `{rule}` (mean ± sd; F/FC means without cifar10)", "",
+    out = [f"Over seeds, rule `{rule}` (mean ± sd; F/FC means over photographs: without {', '.join(NOT_PHOTOS)})", "",
            "| recipe | seeds | F fake | F worst kinds | F uncertain | F val fakes fake | FC fake | FC worst | "
            "FC uncertain | D AP | D AP people | D generated fake |", "|---|---|" + "---|" * 10]
 
@@ -499,7 +512,7 @@ def seed_summary(files: list[Path], rule: str = "domain+fam") -> str:
         cols = []
         for proto in ("F", "FC"):
             runs = [s[proto] for s in seeds if proto in s]
-            doms = [k for k in (runs[0] if runs else {}) if not k.startswith("_") and k != "cifar10"]
+            doms = [k for k in (runs[0] if runs else {}) if not k.startswith("_") and k not in NOT_PHOTOS]
             fake = [float(np.mean([r[d][rule]["fake"] for d in doms])) for r in runs]
             unc = [float(np.mean([r[d][rule]["uncertain"] for d in doms])) for r in runs]
             per = {d: float(np.mean([r[d][rule]["fake"] for r in runs])) for d in doms}

@@ -500,6 +500,8 @@ def train(
     pretrained: Annotated[str, typer.Option(help="open_clip pretrained tag.")] = "openai",
     backbone_weights: Annotated[str | None, typer.Option(help="Local backbone weights file.")] = None,
     subset: Annotated[list[str] | None, typer.Option(help="Generators to use (repeatable).")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(
+        help="Generator or kind of image (a manifest's domain) to leave out (repeatable).")] = None,
     layout: Annotated[str, typer.Option(help="auto, genimage, forensynths, cifake, realfake, manifest.")] = "auto",
     epochs: Annotated[int, typer.Option(min=1)] = 50,
     batch_size: Annotated[int, typer.Option(min=2)] = 256,
@@ -560,7 +562,8 @@ def train(
 
     req = TrainRequest(
         data=data, output=output, head=head.value, backbone=backbone, pretrained=pretrained,
-        backbone_weights=backbone_weights, subsets=subset or None, layout=layout, epochs=epochs,
+        backbone_weights=backbone_weights, subsets=subset or None, exclude=exclude or None, layout=layout,
+        epochs=epochs,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience, seed=seed,
         val_fraction=val_fraction,
         head_config={"tau": tau, "alpha": alpha, "beta": beta, "lambda1": lambda1, "lambda2": lambda2,
@@ -709,6 +712,9 @@ def calibrate(
     band_fpr: Annotated[str | None, typer.Option(help="Abstain band as two FPRs on real images, e.g. 0.15:0.01.")
                         ] = None,
     split: Annotated[str | None, typer.Option(help="Split whose real images are used (default: val).")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(
+        help="Generator or kind of image (a manifest's domain) to leave out of calibration and the familiarity "
+             "reference (repeatable).")] = None,
     layout: Annotated[str, typer.Option()] = "auto",
     device: Annotated[str, typer.Option()] = "auto",
     workers: Annotated[int, typer.Option(min=0)] = 2,
@@ -740,7 +746,7 @@ def calibrate(
                                band_fpr=band, split=split, layout=layout, device=device, workers=workers,
                                cache_dir=cache_dir, scaling=scaling, per_domain=per_domain,
                                min_domain_reals=min_domain_reals, familiarity_split=familiarity,
-                               unfamiliar_alpha=unfamiliar_alpha)
+                               unfamiliar_alpha=unfamiliar_alpha, exclude=exclude or None)
         result = run_calibrate(req)
     except CausalClipError as exc:
         raise _fail(exc) from None

@@ -160,12 +160,14 @@ def discover_dataset(
     manifest: str | os.PathLike[str] | None = None,
     default_split: str = "train",
     checks: DatasetChecks = DEFAULT_CHECKS,
+    exclude: Sequence[str] | None = None,
 ) -> Dataset:
     """Find the labelled images under `root` (a folder, or a .csv manifest) or listed in `manifest`.
 
-    `layout` is "auto" or one of LAYOUTS; `subsets` keeps only those generators (unknown names are an
-    error that lists the available ones); samples whose tree/manifest names no split get `default_split`.
-    Raises DataError when nothing usable is found.
+    `layout` is "auto" or one of LAYOUTS; `subsets` keeps only those generators and `exclude` drops the
+    named generators or kinds (`leave_out`); unknown names are an error that lists the available ones.
+    Samples whose tree/manifest names no split get `default_split`. Raises DataError when nothing usable
+    is found.
     """
     if layout != "auto" and layout not in LAYOUTS:
         raise UsageError(
@@ -191,6 +193,8 @@ def discover_dataset(
         found_layout, samples, notes = _discover_tree(ds_root, layout, default_split, checks)
     if subsets:
         samples = _select_generators(samples, subsets)
+    if exclude:
+        samples = leave_out(samples, exclude)
     return Dataset(root=ds_root, layout=found_layout, samples=samples, notes=notes, checks=checks)
 
 
@@ -440,6 +444,26 @@ def _select_generators(samples: list[Sample], subsets: Sequence[str]) -> list[Sa
         )
     wanted = {by_lower[name.lower()] for name in subsets}
     return [s for s in samples if s.generator in wanted]
+
+
+def leave_out(samples: list[Sample], names: Sequence[str]) -> list[Sample]:
+    """`samples` without those whose generator or kind (a manifest's `domain`) is one of `names`
+    (case-insensitive). A name matching nothing is an error listing what there is, so a typo never
+    silently trains on what it meant to leave out."""
+    wanted = {n.lower() for n in names}
+    known = {s.generator.lower() for s in samples} | {s.kind.lower() for s in samples}
+    unknown = sorted(n for n in names if n.lower() not in known)
+    if unknown:
+        kinds = sorted({s.kind for s in samples} - {s.generator for s in samples})
+        raise DataError(
+            f"nothing to leave out named {', '.join(unknown)}",
+            hint=f"generators: {', '.join(sorted({s.generator for s in samples}))}"
+            + (f"; kinds: {', '.join(kinds)}" if kinds else ""),
+        )
+    kept = [s for s in samples if s.generator.lower() not in wanted and s.kind.lower() not in wanted]
+    if not kept:
+        raise DataError(f"leaving out {', '.join(names)} leaves no images")
+    return kept
 
 
 # --------------------------------------------------------------------------- manifests

@@ -197,4 +197,6 @@ def _training_text(tr: dict) -> str:
         parts.append(f"best epoch {tr['best_epoch']} of {tr.get('epochs_run', '?')}")
     if tr.get("data"):
         parts.append(f"data {tr['data']}")
+    if tr.get("excluded"):
+        parts.append(f"left out: {', '.join(tr['excluded'])}")
     return "; ".join(parts) or str(tr)[:300]

@@ -54,14 +54,14 @@ def dataset_features(samples: list, embed, preprocess, backbone_id: str, *, cach
                       [s.generator for s in kept], [s.path for s in kept], ext.failed, [s.kind for s in kept])
 
 
-def _discover(data: Path, layout: str, subsets: list[str] | None):  # noqa: ANN202
+def _discover(data: Path, layout: str, subsets: list[str] | None, exclude: list[str] | None = None):  # noqa: ANN202
     from causalclip_cli.inputs.datasets import discover_dataset
 
     manifest = data if data.suffix.lower() == ".csv" else None
-    ds = discover_dataset(data, layout=layout, subsets=subsets, manifest=manifest)
+    ds = discover_dataset(data, layout=layout, subsets=subsets, manifest=manifest, exclude=exclude)
     con = _console()
     con.print(f"dataset: {data} (layout: {ds.layout}, {len(ds.samples)} images, "
-              f"generators: {', '.join(ds.generators())})")
+              f"generators: {', '.join(ds.generators())})" + (f"; left out: {', '.join(exclude)}" if exclude else ""))
     for w in ds.warnings:
         con.print(f"warning: {w}")
     return ds
@@ -79,6 +79,7 @@ class TrainRequest:
     pretrained: str = "openai"
     backbone_weights: str | None = None
     subsets: list[str] | None = None
+    exclude: list[str] | None = None  # generators or kinds left out of training (datasets.leave_out)
     layout: str = "auto"
     epochs: int = 50
     batch_size: int = 256
@@ -185,7 +186,8 @@ def run_train(req: TrainRequest) -> dict:
         raise UsageError(f"--output {req.output}: checkpoints are .safetensors files")
     device = resolve_device(req.device)
     store = _feature_store(req.data, req.features, req.augment or req.jpeg_align)
-    ds = store.dataset(req.subsets) if store else _discover(req.data, req.layout, req.subsets)
+    ds = (store.dataset(req.subsets, req.exclude) if store
+          else _discover(req.data, req.layout, req.subsets, req.exclude))
     train_s, val_s = _splits(ds, req.val_fraction, req.seed)
     bb = load_backbone(BackboneSpec(req.backbone, req.pretrained, req.backbone_weights), device=device)
     from causalclip_cli.model.taps import FeatureSpec, forward_layers, parse_layers, tower_shape
@@ -297,7 +299,7 @@ def run_train(req: TrainRequest) -> dict:
                     "augmented_copies": int(len(y_tr) - len(tr.y)), "jpeg_align": req.jpeg_align,
                     "augmented_views": req.augment_views, "balance": req.balance,
                     "kinds": _kind_counts(tr), "hard_reals": 0 if hard is None else int(len(hard)),
-                    "probe_groups": req.probe_groups,
+                    "probe_groups": req.probe_groups, "excluded": req.exclude or [],
                     "best_epoch": result.best_epoch, "epochs_run": max((r["epoch"] for r in result.history), default=0),
                     "stopped_early": result.stopped_early, "seconds": round(result.seconds, 2)},
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in req.__dict__.items()},
@@ -543,6 +545,7 @@ class CalibrateRequest:
     min_domain_reals: int = 15  # domains with fewer calibration reals do not set the threshold
     familiarity_split: str | None = None  # fit a familiarity reference on this split's features (e.g. train)
     unfamiliar_alpha: float = 0.01  # a `fake` with a familiarity p-value below this becomes `uncertain`
+    exclude: list[str] | None = None  # generators or kinds left out of calibration and the familiarity reference
 
 
 def _fit_familiarity(det, ds, req: CalibrateRequest, held_out: list):  # noqa: ANN001, ANN202
@@ -599,7 +602,7 @@ def run_calibrate(req: CalibrateRequest) -> dict:
     from causalclip_cli.settings import resolve_device
 
     det = load_detector(req.checkpoint, device=resolve_device(req.device))
-    ds = _discover(req.data, req.layout, None)
+    ds = _discover(req.data, req.layout, None, req.exclude)
     split, samples = _pick_split(ds, req.split or ("val" if ds.split("val") else None))
     reals = [s for s in samples if s.label == 0]
     if len(reals) < 20:
@@ -627,7 +630,7 @@ def run_calibrate(req: CalibrateRequest) -> dict:
                                         min_images=req.min_domain_reals)
     if req.band_fpr is None:
         band = Decision.from_dict(meta.get("decision", {})).uncertain
-    calib.update(data=str(req.data), split=split)
+    calib.update(data=str(req.data), split=split, excluded=req.exclude or [])
     achieved, set_by = calib["achieved_fpr"], calib.get("set_by")
     familiarity = det.familiarity
     if req.familiarity_split:

@@ -169,10 +169,11 @@ class FeatureStore:
                 "train with the same, or embed again with the checkpoint's backbone",
             )
 
-    def dataset(self, subsets: list[str] | None = None) -> Dataset:
-        from causalclip_cli.inputs.datasets import Dataset, _select_generators
+    def dataset(self, subsets: list[str] | None = None, exclude: list[str] | None = None) -> Dataset:
+        from causalclip_cli.inputs.datasets import Dataset, _select_generators, leave_out
 
         samples = _select_generators(self.samples, subsets) if subsets else list(self.samples)
+        samples = leave_out(samples, exclude) if exclude else samples
         return Dataset(root=self.source, layout=f"features ({self.meta.get('layout', '?')})", samples=samples)
 
     def features(self, samples: list[Sample]) -> FeatureSet:

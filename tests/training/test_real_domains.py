@@ -278,3 +278,47 @@ def test_train_with_probe_groups_and_its_errors(domain_manifest: Path, tmp_path:
         res = runner.invoke(app, [*common, "--output", str(bad), *extra])
         assert res.exit_code == 2 and why in res.output, (extra, res.output)
     assert not bad.exists()
+
+
+# --------------------------------------------------------------------------- leaving kinds out
+
+
+def test_leave_out_drops_generators_or_kinds_and_refuses_unknown_names() -> None:
+    from causalclip_cli.errors import DataError
+    from causalclip_cli.inputs.datasets import Sample, leave_out
+
+    samples = [Sample(f"/{g}/{i}.jpg", label, g, "train", dom) for g, label, dom in
+               [("crn", 0, "game-renders"), ("crn", 1, ""), ("biggan", 0, "imagenet"), ("biggan", 1, "")]
+               for i in range(3)]
+    by_generator = leave_out(samples, ["CRN"])  # reals and fakes of that generator
+    assert {(s.generator, s.label) for s in by_generator} == {("biggan", 0), ("biggan", 1)}
+    by_kind = leave_out(samples, ["game-renders"])  # only the reals of that kind
+    assert {(s.generator, s.label) for s in by_kind} == {("crn", 1), ("biggan", 0), ("biggan", 1)}
+    with pytest.raises(DataError, match="gta") as err:
+        leave_out(samples, ["gta"])
+    assert "game-renders" in err.value.hint and "biggan" in err.value.hint
+    with pytest.raises(DataError, match="no images"):
+        leave_out(samples, ["crn", "biggan"])
+
+
+def test_train_and_calibrate_leave_out_what_they_are_told(domain_manifest: Path, tmp_path: Path) -> None:
+    cache, raw, cal = tmp_path / "cache", tmp_path / "raw.safetensors", tmp_path / "cal.safetensors"
+    res = runner.invoke(app, ["train", "--data", str(domain_manifest), "--output", str(raw), *TINY, "--cache-dir",
+                              str(cache), "--workers", "0", "--epochs", "2", "--head", "linear", "--balance",
+                              "domain", "--exclude", "crn"])
+    assert res.exit_code == 0, res.output
+    summary = read_metadata(raw)["training"]["summary"]
+    assert summary["excluded"] == ["crn"] and "crn" not in summary["generators"]
+    assert "street" not in summary["kinds"] and "crn" not in summary["kinds"] and summary["n_train"] == 30
+    res = runner.invoke(app, ["info", "-c", str(raw)], env={"COLUMNS": "300"})
+    assert res.exit_code == 0 and "left out: crn" in res.output, res.output
+    res = runner.invoke(app, ["calibrate", "--data", str(domain_manifest), "-c", str(raw), "-o", str(cal),
+                              "--cache-dir", str(cache), "--workers", "0", "--target-fpr", "0.1", "--per-domain",
+                              "--min-domain-reals", "5", "--exclude", "street", "--scaling", "none"])
+    assert res.exit_code == 0, res.output
+    rule = read_metadata(cal)["decision"]["calibration"]
+    assert rule["excluded"] == ["street"] and set(rule["domains"]) == {"imagenet-like", "portraits"}
+    res = runner.invoke(app, ["train", "--data", str(domain_manifest), "--output", str(tmp_path / "x.safetensors"),
+                              *TINY, "--workers", "0", "--exclude", "gta"])
+    assert res.exit_code == 2 and "nothing to leave out named gta" in res.output
+    assert not (tmp_path / "x.safetensors").exists()
