@@ -113,6 +113,11 @@ RECIPES = {r.name: r for r in [
            drop=("game-renders",)),
     Recipe("ens-three-domain-nogta", method="linear", balance="domain", groups=((0,), (4, 6, 8), (10, 12)),
            drop=("game-renders", "forensynths_crn", "forensynths_imle")),
+    # Reals balanced by kind, fakes by the square root of their source's size or not at all (`balance` "R/F")
+    Recipe("nogta-domain-sqrt", method="linear", balance="domain/sqrt", groups=((0,), (4, 6, 8), (10, 12)),
+           drop=("game-renders", "forensynths_crn", "forensynths_imle")),
+    Recipe("nogta-domain-none", method="linear", balance="domain/none", groups=((0,), (4, 6, 8), (10, 12)),
+           drop=("game-renders", "forensynths_crn", "forensynths_imle")),
 ]}
 # Kinds of real image that are scored and reported but left out of every real-*photograph* mean: CIFAR-10's 32-px
 # thumbnails, and the GTA V frames that CNNDetection pairs with CRN and IMLE (computer renders).
@@ -176,6 +181,20 @@ def _group_average(r: Recipe, xt: np.ndarray, yt: np.ndarray, xv: np.ndarray, yv
     return train_probe_groups([len(g) for g in r.groups], _segments(r.layers), xt, yt, xv, yv, cfg, weights=w)
 
 
+def _weights(y: np.ndarray, kinds: np.ndarray, balance: str) -> np.ndarray | None:
+    """`balance_weights`, or with "R/F" one mode for the reals and another for the fakes."""
+    from causalclip_cli.training.domains import balance_weights
+
+    if "/" not in balance:
+        return balance_weights(y, kinds, balance)
+    w = np.ones(len(y))
+    for label, mode in zip((0, 1), balance.split("/"), strict=True):
+        part = balance_weights(y, kinds, mode)
+        if part is not None:
+            w[y == label] = part[y == label]
+    return w
+
+
 def _domain_directions(z: np.ndarray, kinds: np.ndarray, k: int) -> np.ndarray:
     """The k directions along which the kinds of real photo differ most (principal axes of their means), [k, dim]."""
     means = np.stack([z[kinds == c].mean(0) for c in sorted(set(kinds.tolist()))])
@@ -192,7 +211,7 @@ class Fitted:
         from causalclip_cli.model.checkpoint import Decision
         from causalclip_cli.model.familiarity import Familiarity
         from causalclip_cli.model.heads import CausalConfig
-        from causalclip_cli.training.domains import balance_weights, choose_threshold
+        from causalclip_cli.training.domains import choose_threshold
         from causalclip_cli.training.experiment import _hard_reals, fit_platt
         from causalclip_cli.training.trainer import train_head
 
@@ -210,7 +229,7 @@ class Fitted:
             self.erase = _domain_directions(z[yt == 0], d.kind[train][yt == 0], r.erase)
             self.segs = tuple(_segments(r.layers))
         xt, xv, yv = self.inputs(d.x[train]), self.inputs(d.x[val]), d.y[val]
-        w = balance_weights(yt, d.kind[train], r.balance)
+        w = _weights(yt, d.kind[train], r.balance)
         res = (train_head(r.method, hc, xt, yt, xv, yv, cfg, weights=w) if not r.groups
                else _group_average(r, xt, yt, xv, yv, cfg, w))
         if r.hard:

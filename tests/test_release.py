@@ -53,6 +53,11 @@ def test_released_heads_are_calibrated_on_every_real_domain_and_abstain_on_the_u
     assert fam["bank"] == meta["training"]["summary"]["n_train"]
     # Kinds of image weighted within each class, as chosen by protocols F, FC and D.
     assert meta["training"]["summary"]["balance"] == {"causalclip-vitb16": "sqrt", "linear-vitb16": "domain"}[name]
+    # The default leaves out the GTA V frames (not photographs) and the two generators imitating them, in training
+    # and in calibration alike; the CausalCLIP head predates that.
+    left_out = {"causalclip-vitb16": [], "linear-vitb16": ["forensynths_crn", "forensynths_imle"]}[name]
+    assert meta["training"]["summary"].get("excluded", []) == left_out == cal.get("excluded", [])
+    assert not left_out or "game-renders" not in cal["domains"]
 
 
 def _held_out(per_class: int) -> list[tuple[str, int]]:
