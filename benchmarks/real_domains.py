@@ -24,6 +24,8 @@ Protocols (the `test` split is never read by F or D; `--test` reports it for the
   D  old → new: train on the 2017–2022 sources only (same splits), calibrate on their val; AP per unseen
      generator, now including the three people-2026 generators (DALL·E 3, SDXL, Stable Cascade; against
      the people-2026 reals of the same splits), and fake / uncertain shares.
+  E  leave one newer generator out (modern-2025, StyleGAN3, people-2026): train and calibrate on all the rest, every
+     real included; AP and fake / uncertain shares of its images against the test-split reals of its collection.
   V  the release itself (all domains), per-domain shares on `val` (in-sample for the threshold).
 
     python benchmarks/real_domains.py --recipes base sqrt ... [--protocols F D V] [--test] --out FILE
@@ -117,6 +119,10 @@ RECIPES = {r.name: r for r in [
     Recipe("nogta-domain-sqrt", method="linear", balance="domain/sqrt", groups=((0,), (4, 6, 8), (10, 12)),
            drop=("game-renders", "forensynths_crn", "forensynths_imle")),
     Recipe("nogta-domain-none", method="linear", balance="domain/none", groups=((0,), (4, 6, 8), (10, 12)),
+           drop=("game-renders", "forensynths_crn", "forensynths_imle")),
+    Recipe("nogta-hard", method="linear", balance="domain", hard=0.1, groups=((0,), (4, 6, 8), (10, 12)),
+           drop=("game-renders", "forensynths_crn", "forensynths_imle")),
+    Recipe("nogta-hard05", method="linear", balance="domain", hard=0.05, groups=((0,), (4, 6, 8), (10, 12)),
            drop=("game-renders", "forensynths_crn", "forensynths_imle")),
 ]}
 # Kinds of real image that are scored and reported but left out of every real-*photograph* mean: CIFAR-10's 32-px
@@ -378,6 +384,36 @@ def protocol_d(d: Data, r: Recipe, seed: int) -> dict:
     return out
 
 
+def protocol_e(d: Data, r: Recipe, seed: int) -> dict:
+    """E with the release data: leave one newer generator out (modern-2025, StyleGAN3, people-2026), train and
+    calibrate on everything else — every real included — and score its images, all splits, against the test-split
+    reals of its collection (never trained on). A generator of today's era that nobody trained on."""
+    out = {}
+    newer = ("modern_", "faces_", "people_")
+    for gen in sorted({g for g, y in zip(d.generator, d.y, strict=True) if y == 1 and g.startswith(newer)}):
+        held = (d.y == 1) & (d.generator == gen)
+        f = Fitted(d, np.flatnonzero((d.split == "train") & ~held), np.flatnonzero((d.split == "val") & ~held), r, seed)
+        reals = (d.y == 0) & (d.split == "test") & np.array([collection(g) == collection(gen) for g in d.generator])
+        idx = np.flatnonzero(held | reals)
+        p, lab = f.labels(d.x[idx])
+        y = d.y[idx]
+        out[gen] = {"ap": _ap(y, p), "n_real": int((y == 0).sum()), "n_fake": int(y.sum()),
+                    **{rule: {"fakes_labelled_fake": float(np.mean(lab[rule][0][y == 1] == "fake")),
+                              "fakes_uncertain": float(np.mean(lab[rule][0][y == 1] == "uncertain")),
+                              "reals_labelled_fake": float(np.mean(lab[rule][0][y == 0] == "fake"))}
+                       for rule in RULES}}
+        print(f"  E {r.name} seed {seed} without {gen}: AP {out[gen]['ap']:.3f}, fake "
+              f"{out[gen]['domain+fam']['fakes_labelled_fake']:.3f}", file=sys.stderr, flush=True)
+    gens = list(out)
+    out["_summary"] = {"mean_ap": float(np.mean([out[g]["ap"] for g in gens])),
+                       **{rule: {"mean_fakes_labelled_fake": float(np.mean([out[g][rule]["fakes_labelled_fake"]
+                                                                            for g in gens])),
+                                 "mean_fakes_uncertain": float(np.mean([out[g][rule]["fakes_uncertain"]
+                                                                        for g in gens]))} for rule in RULES}}
+    print(f"  E {r.name} seed {seed}: {out['_summary']}", file=sys.stderr, flush=True)
+    return out
+
+
 def release_view(d: Data, r: Recipe, seed: int, splits: list[str]) -> dict:
     """The release (train on all train, calibrate on val), per real domain and per generator on each split."""
     f = Fitted(d, np.flatnonzero(d.split == "train"), np.flatnonzero(d.split == "val"), r, seed)
@@ -570,7 +606,7 @@ def main() -> None:
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipes", nargs="+", default=["base", "sqrt"], choices=list(RECIPES))
-    ap.add_argument("--protocols", nargs="+", default=["F", "D", "V"], help="F FC D V alpha pair")
+    ap.add_argument("--protocols", nargs="+", default=["F", "D", "V"], help="F FC D E V alpha pair")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--test", action="store_true", help="also the held-out test split (the chosen recipe only)")
     ap.add_argument("--target-fpr", type=float, default=TARGET_FPR,
@@ -599,6 +635,8 @@ def main() -> None:
                 row["FC"] = protocol_f(d, r, seed, whole_collection=True)
             if "D" in args.protocols:
                 row["D"] = protocol_d(d, r, seed)
+            if "E" in args.protocols:
+                row["E"] = protocol_e(d, r, seed)
             if "alpha" in args.protocols:
                 row["alpha"] = alpha_sweep(d, r, seed)
             if "pair" in args.protocols:
