@@ -120,6 +120,7 @@ RECIPES = {r.name: r for r in [
            drop=("game-renders", "forensynths_crn", "forensynths_imle")),
     Recipe("nogta-domain-none", method="linear", balance="domain/none", groups=((0,), (4, 6, 8), (10, 12)),
            drop=("game-renders", "forensynths_crn", "forensynths_imle")),
+    Recipe("sqrt-nogta", balance="sqrt", drop=("game-renders", "forensynths_crn", "forensynths_imle")),  # CausalCLIP
     Recipe("nogta-hard", method="linear", balance="domain", hard=0.1, groups=((0,), (4, 6, 8), (10, 12)),
            drop=("game-renders", "forensynths_crn", "forensynths_imle")),
     Recipe("nogta-hard05", method="linear", balance="domain", hard=0.05, groups=((0,), (4, 6, 8), (10, 12)),
