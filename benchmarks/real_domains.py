@@ -355,6 +355,21 @@ def _ap(y: np.ndarray, p: np.ndarray) -> float | None:
     return binary_metrics(y, p, 0.5)["ap"] if 0 < y.sum() < len(y) else None
 
 
+def _generator_scores(f: Fitted, d: Data, idx: np.ndarray) -> dict:
+    """AP of one generator's images against reals (`idx` holds both), and per rule the shares of its images
+    labelled fake / uncertain and of the reals labelled fake / uncertain."""
+    p, lab = f.labels(d.x[idx])
+    y = d.y[idx]
+
+    def share(rule: str, label: int, verdict: str) -> float:
+        return float(np.mean(lab[rule][0][y == label] == verdict))
+
+    return {"ap": _ap(y, p), "n_real": int((y == 0).sum()), "n_fake": int(y.sum()),
+            **{rule: {"fakes_labelled_fake": share(rule, 1, "fake"), "fakes_uncertain": share(rule, 1, "uncertain"),
+                      "reals_labelled_fake": share(rule, 0, "fake"), "reals_uncertain": share(rule, 0, "uncertain")}
+               for rule in RULES}}
+
+
 def protocol_d(d: Data, r: Recipe, seed: int) -> dict:
     """Old → new: train and calibrate on 2017–2022 sources, test every newer generator against the reals of its
     own collection (modern-2025 camera photos, faces-2025 reals, people-2026 reals), all splits."""
@@ -369,13 +384,7 @@ def protocol_d(d: Data, r: Recipe, seed: int) -> dict:
         for gen in sorted(set(d.generator[in_coll & (d.y == 1)].tolist())):
             fk = np.flatnonzero(in_coll & (d.y == 1) & (d.generator == gen))
             idx = np.concatenate([reals, fk]) if coll == "people" else np.flatnonzero(in_coll & (d.generator == gen))
-            p, lab = f.labels(d.x[idx])
-            y = d.y[idx]
-            out[gen] = {"ap": _ap(y, p), "n_real": int((y == 0).sum()), "n_fake": int(y.sum()),
-                        **{rule: {"fakes_labelled_fake": float(np.mean(lab[rule][0][y == 1] == "fake")),
-                                  "reals_labelled_fake": float(np.mean(lab[rule][0][y == 0] == "fake")),
-                                  "reals_uncertain": float(np.mean(lab[rule][0][y == 0] == "uncertain"))}
-                           for rule in RULES}}
+            out[gen] = _generator_scores(f, d, idx)
     gens = list(out)
     out["_summary"] = {"mean_ap": float(np.mean([out[g]["ap"] for g in gens])),
                        "mean_ap_people": float(np.mean([out[g]["ap"] for g in gens if g.startswith("people_")])),
@@ -396,13 +405,7 @@ def protocol_e(d: Data, r: Recipe, seed: int) -> dict:
         f = Fitted(d, np.flatnonzero((d.split == "train") & ~held), np.flatnonzero((d.split == "val") & ~held), r, seed)
         reals = (d.y == 0) & (d.split == "test") & np.array([collection(g) == collection(gen) for g in d.generator])
         idx = np.flatnonzero(held | reals)
-        p, lab = f.labels(d.x[idx])
-        y = d.y[idx]
-        out[gen] = {"ap": _ap(y, p), "n_real": int((y == 0).sum()), "n_fake": int(y.sum()),
-                    **{rule: {"fakes_labelled_fake": float(np.mean(lab[rule][0][y == 1] == "fake")),
-                              "fakes_uncertain": float(np.mean(lab[rule][0][y == 1] == "uncertain")),
-                              "reals_labelled_fake": float(np.mean(lab[rule][0][y == 0] == "fake"))}
-                       for rule in RULES}}
+        out[gen] = _generator_scores(f, d, idx)
         print(f"  E {r.name} seed {seed} without {gen}: AP {out[gen]['ap']:.3f}, fake "
               f"{out[gen]['domain+fam']['fakes_labelled_fake']:.3f}", file=sys.stderr, flush=True)
     gens = list(out)
