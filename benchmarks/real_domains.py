@@ -79,6 +79,7 @@ class Recipe:
     erase: int = 0  # directions that separate the kinds of training reals, projected out before the head
     groups: tuple = ()  # linear probes trained apart on these groups of `layers` (in order), logits averaged
     drop: tuple = ()  # kinds (real domains or generators) left out of training and calibration; still scored
+    extra: bool = False  # also train on the web-sd reals the manifest's cap left out (needs --extra-reals)
 
 
 SMALL = (("mask_hidden", 32), ("cls_hidden", 32), ("adv_hidden", 32), ("dropout", 0.3))
@@ -121,6 +122,8 @@ RECIPES = {r.name: r for r in [
     Recipe("nogta-domain-none", method="linear", balance="domain/none", groups=((0,), (4, 6, 8), (10, 12)),
            drop=("game-renders", "forensynths_crn", "forensynths_imle")),
     Recipe("sqrt-nogta", balance="sqrt", drop=("game-renders", "forensynths_crn", "forensynths_imle")),  # CausalCLIP
+    Recipe("nogta-coco", method="linear", balance="domain", groups=((0,), (4, 6, 8), (10, 12)), extra=True,
+           drop=("game-renders", "forensynths_crn", "forensynths_imle")),
     Recipe("nogta-hard", method="linear", balance="domain", hard=0.1, groups=((0,), (4, 6, 8), (10, 12)),
            drop=("game-renders", "forensynths_crn", "forensynths_imle")),
     Recipe("nogta-hard05", method="linear", balance="domain", hard=0.05, groups=((0,), (4, 6, 8), (10, 12)),
@@ -145,9 +148,29 @@ class Data:
     kind: np.ndarray  # domain of reals, generator of fakes
     generator: np.ndarray
     paths: list[str]
+    extra: np.ndarray | None = None  # training-only rows outside the manifest (--extra-reals); never evaluated
 
 
-def load() -> Data:
+def _extra(d: Data) -> np.ndarray:
+    return d.extra if d.extra is not None else np.zeros(len(d.y), dtype=bool)
+
+
+def extra_reals() -> list:
+    """The web-sd reals (COCO and ImageNet photographs, kind coco-imagenet) that the manifest's per-class cap
+    left out: candidates for more training reals of the kind that sets the threshold."""
+    from make_release import DATA
+    from sources import _samples
+
+    from causalclip_cli.inputs.datasets import discover_dataset
+
+    rows = list(csv.DictReader(MANIFEST.open()))
+    used = {str((MANIFEST.parent / r["path"]).resolve()) for r in rows}
+    capped = {str(Path(s.path).resolve()) for name, _f, ss in _samples(DATA) if name == "web-sd" for s in ss}
+    return [s for s in discover_dataset(DATA / "web-sd").samples
+            if s.label == 0 and str(Path(s.path).resolve()) not in used | capped]
+
+
+def load(with_extra: bool = False) -> Data:
     from sources import embed_variant
 
     from causalclip_cli.inputs.datasets import Sample
@@ -163,10 +186,19 @@ def load() -> Data:
 
     from causalclip_cli.model.taps import tower_shape
 
+    n = len(samples)
+    if with_extra:
+        more = [Sample(s.path, 0, "web-sd", "train", "coco-imagenet") for s in extra_reals()]
+        xe, _ye, pe = embed_variant(more, "resize", 1, ALL, label="extra web-sd reals")
+        if len(pe) != len(more):
+            raise SystemExit(f"{len(more) - len(pe)} extra reals could not be read")
+        samples, x, y, paths = samples + more, np.concatenate([x, xe]), np.concatenate([y, np.zeros(len(more))]), \
+            paths + pe
     x = select_layers(x, ALL, MID, tower_shape(_backbone().tower))
     kinds = np.array([s.kind for s in samples], dtype=object)
     gens = np.array([s.generator for s in samples], dtype=object)
-    return Data(x.astype(np.float32), np.asarray(y), np.array([s.split for s in samples]), kinds, gens, paths)
+    return Data(x.astype(np.float32), np.asarray(y).astype(int), np.array([s.split for s in samples]), kinds, gens,
+                paths, np.arange(len(samples)) >= n)
 
 
 def _segments(layers: tuple = MID) -> list[int]:
@@ -224,6 +256,8 @@ class Fitted:
 
         if r.drop:
             train, val = (i[~np.isin(d.kind[i], r.drop)] for i in (train, val))
+        if d.extra is not None and not r.extra:
+            train = train[~d.extra[train]]
         causal = {**asdict(CausalConfig()), **dict(r.head)} if r.method == "causalclip" else {}
         hc = {**causal, "segments": _segments(r.layers), "combine": "concat"}
         cfg = TrainConfig(**{**asdict(TRAIN), "seed": seed, "weight_decay": r.wd})
@@ -320,7 +354,7 @@ def protocol_f(d: Data, r: Recipe, seed: int, whole_collection: bool = False) ->
             held |= (d.y == 1) & np.isin(coll, sorted(set(coll[held].tolist())))
         train = np.flatnonzero((d.split == "train") & ~held)
         val = np.flatnonzero((d.split == "val") & ~held)
-        ev = np.flatnonzero(held & (d.y == 0) & (d.split != "test"))
+        ev = np.flatnonzero(held & (d.y == 0) & (d.split != "test") & ~_extra(d))
         t = time.time()
         f = Fitted(d, train, val, r, seed)
         _, lab = f.labels(d.x[ev])
@@ -472,7 +506,7 @@ def protocol_pair(d: Data, seed: int) -> dict:
         held = (d.y == 0) & (d.kind == dom)
         train = np.flatnonzero((d.split == "train") & ~held)
         val = np.flatnonzero((d.split == "val") & ~held)
-        ev = np.flatnonzero(held & (d.split != "test"))
+        ev = np.flatnonzero(held & (d.split != "test") & ~_extra(d))
         vf = np.flatnonzero((d.split == "val") & (d.y == 1) & ~held)
         fc, fl = Fitted(d, train, val, rc, seed), Fitted(d, train, val, rl, seed)
         lab, vlab = _pair_labels(fc, fl, d.x[ev]), _pair_labels(fc, fl, d.x[vf])
@@ -617,13 +651,15 @@ def main() -> None:
                     help="per-domain (or pooled) false-positive target on the val reals")
     ap.add_argument("--real-alphas", nargs="*", type=float, default=[],
                     help="also rules that withhold `fake` from images unlike every training real (exploratory)")
+    ap.add_argument("--extra-reals", action="store_true",
+                    help="load the web-sd reals the manifest's cap left out, for recipes with extra=True (train only)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     for a in args.real_alphas:
         RULES[f"domain+fam+real{a:g}"] = (True, True)
         REAL_ALPHA[f"domain+fam+real{a:g}"] = a
     TARGET_FPR = args.target_fpr
-    d = load()
+    d = load(with_extra=args.extra_reals)
     print(f"{len(d.y)} images, {int((d.y == 0).sum())} real in {len(real_domains(d))} domains", file=sys.stderr)
     doc = {"recipes": {}, "train": asdict(TRAIN), "target_fpr": TARGET_FPR, "band_fpr": BAND,
            "min_domain_reals": MIN_DOMAIN, "rules": RULES, "unfamiliar_below": ALPHA}
