@@ -58,6 +58,7 @@ from causalclip_cli.training.trainer import TrainConfig  # noqa: E402
 HERE = Path(__file__).resolve().parent
 MANIFEST = HERE / "results" / "release-manifest.csv"
 ALL = tuple(range(13))
+PATCH = tuple(100 + b for b in range(1, 13))  # "layer" 100 + k: the mean of the patch tokens after block k
 MID = (0, 4, 6, 8, 10, 12)
 TRAIN = TrainConfig(epochs=40, batch_size=256, lr=1e-3, patience=8)  # as make_release.py
 TARGET_FPR, BAND = 0.005, (0.05, 0.005)
@@ -74,12 +75,14 @@ class Recipe:
     balance: str = "none"
     hard: float = 0.0
     head: tuple = ()  # CausalCLIP hyper-parameters overriding the package defaults, as (name, value) pairs
-    layers: tuple = MID  # which of the cached taps the head reads (a subset of MID)
+    layers: tuple = MID  # which of the cached taps the head reads (0 = the final embedding, k = block k)
     wd: float = 0.0  # Adam weight decay
     erase: int = 0  # directions that separate the kinds of training reals, projected out before the head
     groups: tuple = ()  # linear probes trained apart on these groups of `layers` (in order), logits averaged
     drop: tuple = ()  # kinds (real domains or generators) left out of training and calibration; still scored
     extra: bool = False  # also train on the web-sd reals the manifest's cap left out (needs --extra-reals)
+    standardize: bool = False  # z-score each normalised input dimension with the training rows' mean and sd
+    hard_per_kind: bool = False  # `hard` is a share of each kind of training real, not of all of them
 
 
 SMALL = (("mask_hidden", 32), ("cls_hidden", 32), ("adv_hidden", 32), ("dropout", 0.3))
@@ -128,6 +131,32 @@ RECIPES = {r.name: r for r in [
            drop=("game-renders", "forensynths_crn", "forensynths_imle")),
     Recipe("nogta-hard05", method="linear", balance="domain", hard=0.05, groups=((0,), (4, 6, 8), (10, 12)),
            drop=("game-renders", "forensynths_crn", "forensynths_imle")),
+    # Fourth round (2026-11-28): the probes' inputs. Each normalised dimension z-scored on the training rows (a
+    # preconditioner: the probe stays linear in the features), and the early blocks the release never reads.
+    Recipe("nogta-z", method="linear", balance="domain", groups=((0,), (4, 6, 8), (10, 12)), standardize=True,
+           drop=("game-renders", "forensynths_crn", "forensynths_imle")),
+    Recipe("nogta-early", method="linear", balance="domain", groups=((0,), (1, 2, 3), (4, 6, 8), (10, 12)),
+           layers=(0, 1, 2, 3, 4, 6, 8, 10, 12), drop=("game-renders", "forensynths_crn", "forensynths_imle")),
+    Recipe("nogta-every", method="linear", balance="domain", groups=((0,), (1, 2, 3, 4), (5, 6, 7, 8), (9, 10, 11, 12)),
+           layers=ALL, drop=("game-renders", "forensynths_crn", "forensynths_imle")),
+    # Patch-token means (needs --patch-means): a probe on how the image's texture looks to the tower everywhere.
+    Recipe("nogta-patch", method="linear", balance="domain",
+           groups=((0,), (4, 6, 8), (10, 12), (104, 106, 108, 110, 112)),
+           layers=(0, 4, 6, 8, 10, 12, 104, 106, 108, 110, 112),
+           drop=("game-renders", "forensynths_crn", "forensynths_imle")),
+    Recipe("nogta-patch-split", method="linear", balance="domain",
+           groups=((0,), (4, 6, 8), (10, 12), (104, 106, 108), (110, 112)),
+           layers=(0, 4, 6, 8, 10, 12, 104, 106, 108, 110, 112),
+           drop=("game-renders", "forensynths_crn", "forensynths_imle")),
+    Recipe("patch-only", method="linear", balance="domain", groups=((104, 106, 108), (110, 112)),
+           layers=(104, 106, 108, 110, 112), drop=("game-renders", "forensynths_crn", "forensynths_imle")),
+    Recipe("nogta-hardk", method="linear", balance="domain", hard=0.1, hard_per_kind=True,
+           groups=((0,), (4, 6, 8), (10, 12)), drop=("game-renders", "forensynths_crn", "forensynths_imle")),
+    Recipe("nogta-hardk05", method="linear", balance="domain", hard=0.05, hard_per_kind=True,
+           groups=((0,), (4, 6, 8), (10, 12)), drop=("game-renders", "forensynths_crn", "forensynths_imle")),
+    Recipe("nogta-every-z", method="linear", balance="domain",
+           groups=((0,), (1, 2, 3, 4), (5, 6, 7, 8), (9, 10, 11, 12)), layers=ALL, standardize=True,
+           drop=("game-renders", "forensynths_crn", "forensynths_imle")),
 ]}
 # Kinds of real image that are scored and reported but left out of every real-*photograph* mean: CIFAR-10's 32-px
 # thumbnails, and the GTA V frames that CNNDetection pairs with CRN and IMLE (computer renders).
@@ -142,7 +171,7 @@ ALPHA = 0.002  # as released (make_release.py); runs before 2026-11-28 (second r
 
 @dataclass
 class Data:
-    x: np.ndarray  # [n, 4352] the head's input
+    x: np.ndarray  # [n, 9728] all 13 cached taps (final embedding, blocks 1–12), then any patch means (PATCH)
     y: np.ndarray
     split: np.ndarray
     kind: np.ndarray  # domain of reals, generator of fakes
@@ -170,22 +199,16 @@ def extra_reals() -> list:
             if s.label == 0 and str(Path(s.path).resolve()) not in used | capped]
 
 
-def load(with_extra: bool = False) -> Data:
-    from sources import embed_variant
+def load(with_extra: bool = False, with_patch: bool = False) -> Data:
+    from sources import embed_patch_means, embed_variant
 
     from causalclip_cli.inputs.datasets import Sample
-    from causalclip_cli.model.taps import select_layers
-
     rows = list(csv.DictReader(MANIFEST.open()))
     samples = [Sample(str((MANIFEST.parent / r["path"]).resolve()), int(r["label"]), r["generator"], r["split"],
                       r["domain"]) for r in rows]
     x, y, paths = embed_variant(samples, "resize", 1, ALL, label="release manifest")
     if len(paths) != len(samples):
         raise SystemExit(f"{len(samples) - len(paths)} manifest images could not be read")
-    from sources import _backbone
-
-    from causalclip_cli.model.taps import tower_shape
-
     n = len(samples)
     if with_extra:
         more = [Sample(s.path, 0, "web-sd", "train", "coco-imagenet") for s in extra_reals()]
@@ -194,21 +217,28 @@ def load(with_extra: bool = False) -> Data:
             raise SystemExit(f"{len(more) - len(pe)} extra reals could not be read")
         samples, x, y, paths = samples + more, np.concatenate([x, xe]), np.concatenate([y, np.zeros(len(more))]), \
             paths + pe
-    x = select_layers(x, ALL, MID, tower_shape(_backbone().tower))
+    if with_patch and with_extra:
+        raise SystemExit("--patch-means and --extra-reals do not combine (the extra reals have no patch means)")
+    if with_patch:  # after the 13 taps, so their columns stay where they were
+        xp, _yp, pp = embed_patch_means(samples, tuple(k - 100 for k in PATCH), label="patch means")
+        if pp != paths:
+            raise SystemExit("patch means are missing for some manifest images")
+        x = np.concatenate([x, xp], axis=1)
     kinds = np.array([s.kind for s in samples], dtype=object)
     gens = np.array([s.generator for s in samples], dtype=object)
     return Data(x.astype(np.float32), np.asarray(y).astype(int), np.array([s.split for s in samples]), kinds, gens,
                 paths, np.arange(len(samples)) >= n)
 
 
-def _segments(layers: tuple = MID) -> list[int]:
+def _segments(layers: tuple = ALL) -> list[int]:
     return [512 if k == 0 else 768 for k in layers]
 
 
 def _columns(layers: tuple) -> np.ndarray:
-    """Columns of Data.x (the MID taps, concatenated) that hold `layers`."""
-    starts = np.cumsum([0, *_segments()])
-    return np.concatenate([np.arange(starts[MID.index(k)], starts[MID.index(k) + 1]) for k in layers])
+    """Columns of Data.x (all taps, then any patch means, concatenated) that hold `layers`."""
+    order = ALL + PATCH
+    starts = np.cumsum([0, *_segments(order)])
+    return np.concatenate([np.arange(starts[order.index(k)], starts[order.index(k) + 1]) for k in layers])
 
 
 def _group_average(r: Recipe, xt: np.ndarray, yt: np.ndarray, xv: np.ndarray, yv: np.ndarray, cfg: TrainConfig,
@@ -241,6 +271,18 @@ def _domain_directions(z: np.ndarray, kinds: np.ndarray, k: int) -> np.ndarray:
     return np.linalg.svd(means, full_matrices=False)[2][:k]
 
 
+def _hard_reals_per_kind(head, x: np.ndarray, y: np.ndarray, kinds: np.ndarray, share: float) -> np.ndarray:
+    """The training reals a first fit scores highest, the top `share` of each kind of real: the emphasis spreads over
+    every kind instead of going to the kinds whose reals score highest overall."""
+    from causalclip_cli.training.experiment import _hard_reals
+
+    out = []
+    for k in sorted(set(kinds[y == 0].tolist())):
+        rows = np.flatnonzero(kinds == k)
+        out.append(rows[_hard_reals(head, x[rows], y[rows], share)])
+    return np.concatenate(out)
+
+
 class Fitted:
     """A head + its calibrated decision, as the release procedure makes them."""
 
@@ -261,20 +303,26 @@ class Fitted:
         causal = {**asdict(CausalConfig()), **dict(r.head)} if r.method == "causalclip" else {}
         hc = {**causal, "segments": _segments(r.layers), "combine": "concat"}
         cfg = TrainConfig(**{**asdict(TRAIN), "seed": seed, "weight_decay": r.wd})
-        self.cols, self.erase = _columns(r.layers), None
+        self.cols, self.erase, self.z = _columns(r.layers), None, None
+        self.segs = tuple(_segments(r.layers))
         yt = d.y[train]
+        if r.standardize:
+            from causalclip_cli.model.heads import normalize_features
+
+            n = normalize_features(torch.as_tensor(d.x[train][:, self.cols]), self.segs).numpy()
+            self.z = (n.mean(0), n.std(0) + 1e-6)
         if r.erase:
             from causalclip_cli.model.heads import normalize_features
 
             z = normalize_features(torch.as_tensor(d.x[train][:, self.cols]), tuple(_segments(r.layers))).numpy()
             self.erase = _domain_directions(z[yt == 0], d.kind[train][yt == 0], r.erase)
-            self.segs = tuple(_segments(r.layers))
         xt, xv, yv = self.inputs(d.x[train]), self.inputs(d.x[val]), d.y[val]
         w = _weights(yt, d.kind[train], r.balance)
         res = (train_head(r.method, hc, xt, yt, xv, yv, cfg, weights=w) if not r.groups
                else _group_average(r, xt, yt, xv, yv, cfg, w))
         if r.hard:
-            hard = _hard_reals(res.head, xt, yt, r.hard)
+            hard = (_hard_reals(res.head, xt, yt, r.hard) if not r.hard_per_kind
+                    else _hard_reals_per_kind(res.head, xt, yt, d.kind[train], r.hard))
             w = np.ones(len(yt)) if w is None else w.copy()
             w[hard] *= 3.0
             res = (train_head(r.method, hc, xt, yt, xv, yv, cfg, weights=w) if not r.groups
@@ -294,14 +342,19 @@ class Fitted:
 
     def inputs(self, x: np.ndarray) -> np.ndarray:
         x = x[:, self.cols]
-        if self.erase is None:
+        if self.erase is None and self.z is None:
             return x
         import torch
 
         from causalclip_cli.model.heads import normalize_features
 
         z = normalize_features(torch.as_tensor(x), self.segs).numpy()
-        return (z - (z @ self.erase.T) @ self.erase).astype(np.float32)
+        if self.z is not None:
+            # The head normalises each segment again; z-scored segments already have norms near sqrt(width).
+            z = (z - self.z[0]) / self.z[1]
+        if self.erase is not None:
+            z = z - (z @ self.erase.T) @ self.erase
+        return z.astype(np.float32)
 
     def probs(self, x: np.ndarray, ready: bool = False) -> np.ndarray:
         import torch
@@ -653,13 +706,15 @@ def main() -> None:
                     help="also rules that withhold `fake` from images unlike every training real (exploratory)")
     ap.add_argument("--extra-reals", action="store_true",
                     help="load the web-sd reals the manifest's cap left out, for recipes with extra=True (train only)")
+    ap.add_argument("--patch-means", action="store_true",
+                    help="load the patch-token means of blocks 1-12 (PATCH; ~30 min to embed the first time)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     for a in args.real_alphas:
         RULES[f"domain+fam+real{a:g}"] = (True, True)
         REAL_ALPHA[f"domain+fam+real{a:g}"] = a
     TARGET_FPR = args.target_fpr
-    d = load(with_extra=args.extra_reals)
+    d = load(with_extra=args.extra_reals, with_patch=args.patch_means)
     print(f"{len(d.y)} images, {int((d.y == 0).sum())} real in {len(real_domains(d))} domains", file=sys.stderr)
     doc = {"recipes": {}, "train": asdict(TRAIN), "target_fpr": TARGET_FPR, "band_fpr": BAND,
            "min_domain_reals": MIN_DOMAIN, "rules": RULES, "unfamiliar_below": ALPHA}

@@ -535,7 +535,8 @@ def train(
                                             "corners) or 9 (3x3 grid); training reads the centre crop.")] = 1,
     layers: Annotated[str, typer.Option(
         help="CLIP features the head reads: final (projection), all (every block's class token + final), blocks, "
-             "A:B (blocks A..B), or a list such as 4:12,final.")] = "final",
+             "A:B (blocks A..B), pK or pA:B (mean of the patch tokens after block K), or a list such as "
+             "4:12,final,p8.")] = "final",
     combine: Annotated[str, typer.Option(help="How layers combine: concat, or weighted (learned per-layer "
                                               "weights).")] = "concat",
     aggregate: Annotated[str, typer.Option(help="How an image's crop scores combine: mean or max (of logits).")

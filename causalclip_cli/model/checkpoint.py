@@ -374,7 +374,7 @@ def load_detector(checkpoint: str | None = None, *, device: str = "cpu", backbon
         from causalclip_cli.model.taps import tower_shape
 
         shape = tower_shape(backbone.tower)
-        if max(layers) > shape.depth or sum(shape.dims(layers)) != int(meta["head"]["embed_dim"]):
+        if max(abs(k) for k in layers) > shape.depth or sum(shape.dims(layers)) != int(meta["head"]["embed_dim"]):
             raise CheckpointError(f"{path}: head reads layers {layers} ({meta['head']['embed_dim']} features), "
                                   f"which backbone {info.config} ({shape.depth} blocks) cannot provide")
     return Detector(backbone=backbone, head=head, metadata=meta, path=path, device=device, precision=precision,

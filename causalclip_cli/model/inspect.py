@@ -152,7 +152,7 @@ def _reads_text(ck: dict) -> str:
     if views > 1:
         recipe += f", {views} crops per image ({feats.get('aggregate', 'mean')} of logits)"
     layers = [int(k) for k in feats.get("layers", [0])]
-    names = ["final embedding" if k == 0 else f"block {k}" for k in layers]
+    names = ["final embedding" if k == 0 else f"block {k}" if k > 0 else f"block {-k} patch mean" for k in layers]
     return f"{recipe}; {', '.join(names)}"
 
 

@@ -4,8 +4,13 @@ The class token after each ViT block carries low-level evidence that the final p
 image–text matching, throws away (RINE, Koutlis & Papadopoulos, ECCV 2024). One forward pass yields all
 of them, so reading more layers costs nothing at scan time; only the head grows.
 
+The mean of the patch tokens after a block is a second kind of tap: the class token summarises the image the way
+a caption would, while the patch tokens describe its texture everywhere, which is where a retouched photograph and
+a render differ (issue 18: fewer real photographs called fake, more of an unseen generator's images caught).
+
 Layer numbering: 0 is the final projected embedding (what `tower(x)` returns); k ≥ 1 is the class token
-after block k (1-based, before the final LayerNorm).
+after block k (1-based, before the final LayerNorm); -k (written `pK`) is the mean of the patch tokens after
+block k. Taps are concatenated in the order given.
 """
 
 from __future__ import annotations
@@ -29,8 +34,8 @@ class FeatureSpec:
     aggregate: str = "mean"
 
     def __post_init__(self) -> None:
-        if not self.layers or len(set(self.layers)) != len(self.layers) or min(self.layers) < 0:
-            raise ValueError(f"layers must be distinct non-negative block numbers, not {self.layers}")
+        if not self.layers or len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"layers must be distinct tap numbers, not {self.layers}")
         if self.aggregate not in AGGREGATES:
             raise ValueError(f"aggregate must be one of {AGGREGATES}, not {self.aggregate!r}")
 
@@ -40,7 +45,7 @@ class FeatureSpec:
 
     def key(self) -> str:
         """Cache-key part: empty for the historical final-only features (their cache stays valid)."""
-        return "" if self.final_only else "L" + "_".join(str(k) for k in self.layers)
+        return "" if self.final_only else "L" + "_".join(tap_name(k) for k in self.layers)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "layers": list(self.layers)}
@@ -51,26 +56,39 @@ class FeatureSpec:
         return cls(layers=tuple(int(k) for k in d.get("layers", [0])), aggregate=d.get("aggregate", "mean"))
 
 
+def tap_name(k: int) -> str:
+    """How a tap is written: '4' for block 4's class token, 'p4' for its patch-token mean, '0' for the final."""
+    return f"p{-k}" if k < 0 else str(k)
+
+
 def parse_layers(text: str, depth: int) -> tuple[int, ...]:
     """CLI syntax → layer tuple: 'final', 'all' (final + every block), 'blocks' (every block), 'A:B'
-    (blocks A..B inclusive), or a comma list where 'final' or 0 is the projection, e.g. '4:12,final'."""
+    (blocks A..B inclusive), or a comma list where 'final' or 0 is the projection, e.g. '4:12,final'.
+    A 'p' before a block number or range means the mean of that block's patch tokens: 'p4,p8', 'p4:12'."""
     out: list[int] = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
-        if part == "final":
-            out.append(0)
-        elif part == "all":
-            out += [0, *range(1, depth + 1)]
-        elif part == "blocks":
-            out += list(range(1, depth + 1))
-        elif ":" in part:
-            a, _, b = part.partition(":")
-            out += list(range(int(a), int(b) + 1))
-        else:
-            out.append(int(part))
+        sign, body = (-1, part[1:]) if part.startswith("p") else (1, part)
+        try:
+            if part == "final":
+                out.append(0)
+            elif part == "all":
+                out += [0, *range(1, depth + 1)]
+            elif part == "blocks":
+                out += list(range(1, depth + 1))
+            else:
+                a, _, b = body.partition(":")
+                blocks = range(int(a), int(b or a) + 1)
+                if sign < 0 and 0 in blocks:
+                    raise ValueError
+                out += [sign * k for k in blocks]
+        except ValueError:
+            raise ValueError(f"cannot read layer {part!r}: use final, all, blocks, a block number, A:B, or pK "
+                             "(the patch-token mean of block K ≥ 1)") from None
     seen: list[int] = []
     for k in out:
-        if k < 0 or k > depth:
-            raise ValueError(f"layer {k} is outside 0..{depth} (0 = final embedding, 1..{depth} = blocks)")
+        if abs(k) > depth:
+            raise ValueError(f"layer {tap_name(k)} is outside 0..{depth} (0 = final embedding, 1..{depth} = blocks,"
+                             f" p1..p{depth} = patch-token means)")
         if k not in seen:
             seen.append(k)
     if not seen:
@@ -106,14 +124,17 @@ def forward_layers(tower: torch.nn.Module, pixels: torch.Tensor, layers: Sequenc
     if not tr.batch_first:
         x = x.transpose(0, 1)
     wanted = set(layers)
-    last = len(tr.resblocks) if 0 in wanted else max(wanted)
+    last = len(tr.resblocks) if 0 in wanted else max(abs(k) for k in wanted)
     cls: dict[int, torch.Tensor] = {}
     for i, block in enumerate(tr.resblocks, start=1):
         if i > last:
             break
         x = block(x)
+        tokens = x if tr.batch_first else x.transpose(0, 1)
         if i in wanted:
-            cls[i] = (x[:, 0] if tr.batch_first else x[0]).clone()
+            cls[i] = tokens[:, 0].clone()
+        if -i in wanted:
+            cls[-i] = tokens[:, 1:].mean(dim=1)
     if 0 in wanted:
         if not tr.batch_first:
             x = x.transpose(0, 1)

@@ -70,7 +70,9 @@ def test_layer_syntax() -> None:
     assert parse_layers("all", 3) == (0, 1, 2, 3)
     assert parse_layers("blocks", 2) == (1, 2)
     assert parse_layers("4:6,final", 12) == (4, 5, 6, 0)
-    for bad in ("13", "0:13", ""):
+    assert parse_layers("final,4,p4,p10:12", 12) == (0, 4, -4, -10, -11, -12)  # pK: block K's patch-token mean
+    assert FeatureSpec((0, 4, -4)).key() == "L0_4_p4"
+    for bad in ("13", "0:13", "", "p0", "p13", "p", "px", "p0:2"):
         with pytest.raises(ValueError):
             parse_layers(bad, 12)
 
@@ -90,6 +92,24 @@ def test_forward_layers_one_pass_matches_the_tower() -> None:
     np.testing.assert_allclose(full[:, :32], final, atol=1e-5)
     np.testing.assert_allclose(select_layers(full, (0, 1, 2), (2,), shape), second, atol=1e-5)
     assert not np.allclose(full[:, 32:96], full[:, 96:])  # blocks differ
+
+
+def test_patch_taps_are_the_mean_of_a_blocks_patch_tokens() -> None:
+    from causalclip_cli.model.backbones import BackboneSpec, load_backbone
+
+    tower = load_backbone(BackboneSpec("causalclip-tiny", "none")).tower
+    x = torch.randn(2, 3, 32, 32)
+    seen = []
+    hook = tower.transformer.resblocks[0].register_forward_hook(lambda _m, _i, out: seen.append(out))
+    with torch.inference_mode():
+        both = forward_layers(tower, x, (1, -1, 0)).numpy()
+    hook.remove()
+    tokens = seen[0] if tower.transformer.batch_first else seen[0].transpose(0, 1)
+    assert both.shape == (2, 64 + 64 + 32)
+    np.testing.assert_allclose(both[:, :64], tokens[:, 0].numpy(), atol=1e-6)  # the class token
+    np.testing.assert_allclose(both[:, 64:128], tokens[:, 1:].mean(1).numpy(), atol=1e-6)  # the patch mean
+    with torch.inference_mode():
+        np.testing.assert_allclose(both[:, 128:], tower(x).numpy(), atol=1e-5)
 
 
 def test_training_draws_one_augmented_view_per_epoch() -> None:

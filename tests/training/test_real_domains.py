@@ -280,6 +280,28 @@ def test_train_with_probe_groups_and_its_errors(domain_manifest: Path, tmp_path:
     assert not bad.exists()
 
 
+def test_a_probe_on_patch_token_means_trains_scans_and_says_what_it_reads(domain_manifest: Path, tmp_path: Path,
+                                                                          shared_data: Path) -> None:
+    cache, out = tmp_path / "cache", tmp_path / "patch.safetensors"
+    res = runner.invoke(app, ["train", "--data", str(domain_manifest), *TINY, "--cache-dir", str(cache), "--workers",
+                              "0", "--epochs", "2", "--lr", "1e-3", "--layers", "final,1,p1:2", "--head", "linear",
+                              "--probe-groups", "final|1|p1,p2", "--output", str(out)])
+    assert res.exit_code == 0, res.output
+    meta = read_metadata(out)
+    assert meta["features"]["layers"] == [0, 1, -1, -2] and meta["head"]["embed_dim"] == 32 + 3 * 64
+    res = runner.invoke(app, ["info", "-c", str(out)], env={"COLUMNS": "300"})
+    assert res.exit_code == 0 and "block 1 patch mean, block 2 patch mean" in res.output, res.output
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for f in sorted((shared_data / "forensynths-thumbs" / "biggan" / "1_fake").iterdir())[-3:]:
+        os.link(f, folder / f.name)
+    scanned = runner.invoke(app, ["scan", str(folder), "-c", str(out), "--format", "jsonl", "--workers", "0",
+                                  "--no-progress", "--fail-on", "never"])
+    assert scanned.exit_code == 0, scanned.output
+    probs = [json.loads(line)["probability"] for line in scanned.stdout.splitlines()]
+    assert len(probs) == 3 and all(0.0 < p < 1.0 for p in probs) and len(set(probs)) == 3
+
+
 # --------------------------------------------------------------------------- leaving kinds out
 
 
