@@ -62,10 +62,16 @@ PROBE_GROUPS = "final|4,6,8|10,12"
 # without them and without the two generators made to imitate them. Unseen generators labelled fake in D: 68% (55%
 # with them).
 LEAVE_OUT = ["--exclude", "forensynths_crn", "--exclude", "forensynths_imle"]
+# Fourth round (2026-11-28), by protocols E, F, FC and D over three seeds (rule written down before the numbers;
+# benchmarks/README.md): two more probes, on the mean of the patch tokens after blocks 4, 6, 8 and after blocks 10,
+# 12 — the image's texture everywhere, where the class tokens summarise it. A held-out newer generator labelled fake
+# in E: 50.5% (44.3%); held-out kinds of photograph in F: 0.8% (1.1%), worst kind 3.8% (4.8%).
+LINEAR_LAYERS = f"{MID_LAYERS},p4,p6,p8,p10,p12"
+PROBE_GROUPS = f"{PROBE_GROUPS}|p4,p6,p8|p10,p12"
 CALIBRATION = ["--per-domain", "--min-domain-reals", "15", "--familiarity", "train", "--unfamiliar-alpha", "0.002"]
 HEADS = [  # (head kind, released name, feature options)
     ("causalclip", "causalclip-vitb16", ["--recipe", "resize", "--layers", MID_LAYERS, *BALANCE]),
-    ("linear", "linear-vitb16", ["--recipe", "resize", "--layers", MID_LAYERS, "--balance", "domain",
+    ("linear", "linear-vitb16", ["--recipe", "resize", "--layers", LINEAR_LAYERS, "--balance", "domain",
                                  "--probe-groups", PROBE_GROUPS, *LEAVE_OUT]),
     # Full-resolution evidence: native 224-px crops, final embedding; `scan --crops 5` scores five per image.
     ("causalclip", "causalclip-vitb16-crops", ["--recipe", "native", "--layers", "final"]),

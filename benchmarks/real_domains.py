@@ -37,6 +37,8 @@ Recipes also vary the linear probe's inputs (`layers`), weight decay, erasure of
 kinds of training reals, and `groups`: probes trained apart on groups of layers, averaged (`ens-*`, released as
 `train --probe-groups`), and `drop`: kinds left out of training and calibration (released as `train --exclude`).
 Kinds in NOT_PHOTOS (CIFAR-10's thumbnails, the GTA V frames) are scored but left out of the means over photographs.
+With `--patch-means`, layers 101–112 are the means of the patch tokens after blocks 1–12 (released as `--layers pK`;
+`nogta-patch-split` is the fourth-round default).
 """
 
 from __future__ import annotations

@@ -27,18 +27,21 @@ PREVIOUS = HERE / "results" / "previous-release"
 RELEASE_1126 = HERE / "results" / "release-2026-11-26"
 RELEASE_1128A = HERE / "results" / "release-2026-11-28a"  # the first 2026-11-28 default: one probe on all layers
 RELEASE_1128B = HERE / "results" / "release-2026-11-28b"  # the second: three probes, trained with the GTA V frames
+RELEASE_1128C = HERE / "results" / "release-2026-11-28c"  # the third: three probes, without the GTA V frames
 HEADS = {
     "causalclip-vitb16": "causalclip-vitb16",
     "linear-vitb16": "linear-vitb16",
     "causalclip-vitb16-crops": "causalclip-vitb16-crops",
+    "linear-vitb16 (2026-11-28c)": str(RELEASE_1128C / "linear-vitb16.safetensors"),
     "linear-vitb16 (2026-11-28b)": str(RELEASE_1128B / "linear-vitb16.safetensors"),
     "linear-vitb16 (2026-11-28a)": str(RELEASE_1128A / "linear-vitb16.safetensors"),
     "causalclip-vitb16 (2026-11-26)": str(RELEASE_1126 / "causalclip-vitb16.safetensors"),
     "linear-vitb16 (2026-11-26)": str(RELEASE_1126 / "linear-vitb16.safetensors"),
     "causalclip-vitb16 (2026-11-25)": str(PREVIOUS / "causalclip-vitb16.safetensors"),
 }
-DEFAULT_HEADS = ["causalclip-vitb16", "linear-vitb16", "linear-vitb16 (2026-11-28b)", "linear-vitb16 (2026-11-28a)",
-                 "causalclip-vitb16 (2026-11-26)", "linear-vitb16 (2026-11-26)", "causalclip-vitb16 (2026-11-25)"]
+DEFAULT_HEADS = ["causalclip-vitb16", "linear-vitb16", "linear-vitb16 (2026-11-28c)", "linear-vitb16 (2026-11-28b)",
+                 "linear-vitb16 (2026-11-28a)", "causalclip-vitb16 (2026-11-26)", "linear-vitb16 (2026-11-26)",
+                 "causalclip-vitb16 (2026-11-25)"]
 
 
 def test_samples() -> list:

@@ -111,9 +111,12 @@ def test_info_describes_the_default_model_in_words() -> None:
     assert f"set by {meta['decision']['calibration']['set_by']}" in res.stdout
     assert "familiarity p < 0.002" in res.stdout and "balanced (domain)" in res.stdout
     assert "final embedding, block 4, block 6" in res.stdout and "Platt-scaled" in res.stdout
-    # The default is three probes trained apart and averaged (chosen by protocols F, FC and D).
-    assert meta["training"]["summary"]["probe_groups"] == "final|4,6,8|10,12"
-    assert "the average of 3 probes trained apart on layers final | 4,6,8 | 10,12" in res.stdout
+    # The default is five probes trained apart and averaged, two of them on patch-token means (chosen by
+    # protocols E, F, FC and D).
+    assert meta["training"]["summary"]["probe_groups"] == "final|4,6,8|10,12|p4,p6,p8|p10,p12"
+    assert meta["features"]["layers"] == [0, 4, 6, 8, 10, 12, -4, -6, -8, -10, -12]
+    assert "block 12, block 4 patch mean" in res.stdout
+    assert "the average of 5 probes trained apart on layers final | 4,6,8 | 10,12 | p4,p6,p8 | p10,p12" in res.stdout
     assert "best epoch" in res.stdout and "{" not in res.stdout  # summarised, not a dict dump
 
 
