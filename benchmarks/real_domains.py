@@ -641,13 +641,15 @@ def tables(files: list[Path], rule: str = "domain+fam", proto: str = "F") -> str
 
 
 def seed_summary(files: list[Path], rule: str = "domain+fam") -> str:
-    """Markdown: mean ± sd over seeds of each recipe's F, FC and D figures at `rule`."""
+    """Markdown: mean ± sd over seeds of each recipe's F, FC, D and E figures at `rule`; the seeds column counts
+    the seeds each protocol ran (F/FC/D/E), since checks run after a release may add seeds to one protocol."""
     recipes = {}
     for f in files:
         recipes.update(json.loads(f.read_text())["recipes"])
     out = [f"Over seeds, rule `{rule}` (mean ± sd; F/FC means over photographs: without {', '.join(NOT_PHOTOS)})", "",
-           "| recipe | seeds | F fake | F worst kinds | F uncertain | F val fakes fake | FC fake | FC worst | "
-           "FC uncertain | D AP | D AP people | D generated fake |", "|---|---|" + "---|" * 10]
+           "| recipe | seeds (F/FC/D/E) | F fake | F worst kinds | F uncertain | F val fakes fake | FC fake | "
+           "FC worst | FC uncertain | D AP | D AP people | D generated fake | E generated fake | E uncertain | E AP |",
+           "|---|---|" + "---|" * 13]
 
     def ms(v: list[float], pct: bool = True) -> str:
         if not v:
@@ -671,14 +673,18 @@ def seed_summary(files: list[Path], rule: str = "domain+fam") -> str:
         ds = [s["D"]["_summary"] for s in seeds if "D" in s]
         cols += [ms([d["mean_ap"] for d in ds], False), ms([d["mean_ap_people"] for d in ds], False),
                  ms([d[rule]["mean_fakes_labelled_fake"] for d in ds])]
-        out.append(f"| {name} | {len(seeds)} | " + " | ".join(cols) + " |")
+        es = [s["E"]["_summary"] for s in seeds if "E" in s]
+        cols += [ms([e[rule]["mean_fakes_labelled_fake"] for e in es]),
+                 ms([e[rule]["mean_fakes_uncertain"] for e in es]), ms([e["mean_ap"] for e in es], False)]
+        counts = "/".join(str(sum(proto in s for s in seeds)) for proto in ("F", "FC", "D", "E"))
+        out.append(f"| {name} | {counts} | " + " | ".join(cols) + " |")
     for proto in ("F", "FC"):
         names = [n for n, res in recipes.items() if any(proto in v for k, v in res.items() if k.startswith("seed"))]
         if not names:
             continue
         out += ["", f"Protocol {proto} per held-out kind, mean over seeds: labelled `fake` / `uncertain`", "",
                 "| held-out kind | n | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
-        first = next(v[proto] for k, v in recipes[names[0]].items() if k.startswith("seed"))
+        first = next(v[proto] for k, v in recipes[names[0]].items() if k.startswith("seed") and proto in v)
         for dom in (k for k in first if not k.startswith("_")):
             cells = []
             for n in names:
