@@ -67,12 +67,12 @@ LEAVE_OUT = ["--exclude", "forensynths_crn", "--exclude", "forensynths_imle"]
 # 12 — the image's texture everywhere, where the class tokens summarise it. A held-out newer generator labelled fake
 # in E: 50.5% (44.3%); held-out kinds of photograph in F: 0.8% (1.1%), worst kind 3.8% (4.8%).
 LINEAR_LAYERS = f"{MID_LAYERS},p4,p6,p8,p10,p12"
-PROBE_GROUPS = f"{PROBE_GROUPS}|p4,p6,p8|p10,p12"
+LINEAR_PROBE_GROUPS = f"{PROBE_GROUPS}|p4,p6,p8|p10,p12"
 CALIBRATION = ["--per-domain", "--min-domain-reals", "15", "--familiarity", "train", "--unfamiliar-alpha", "0.002"]
 HEADS = [  # (head kind, released name, feature options)
     ("causalclip", "causalclip-vitb16", ["--recipe", "resize", "--layers", MID_LAYERS, *BALANCE]),
     ("linear", "linear-vitb16", ["--recipe", "resize", "--layers", LINEAR_LAYERS, "--balance", "domain",
-                                 "--probe-groups", PROBE_GROUPS, *LEAVE_OUT]),
+                                 "--probe-groups", LINEAR_PROBE_GROUPS, *LEAVE_OUT]),
     # Full-resolution evidence: native 224-px crops, final embedding; `scan --crops 5` scores five per image.
     ("causalclip", "causalclip-vitb16-crops", ["--recipe", "native", "--layers", "final"]),
 ]

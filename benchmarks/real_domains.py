@@ -37,8 +37,8 @@ Recipes also vary the linear probe's inputs (`layers`), weight decay, erasure of
 kinds of training reals, and `groups`: probes trained apart on groups of layers, averaged (`ens-*`, released as
 `train --probe-groups`), and `drop`: kinds left out of training and calibration (released as `train --exclude`).
 Kinds in NOT_PHOTOS (CIFAR-10's thumbnails, the GTA V frames) are scored but left out of the means over photographs.
-With `--patch-means`, layers 101–112 are the means of the patch tokens after blocks 1–12 (released as `--layers pK`;
-`nogta-patch-split` is the fourth-round default).
+With `--patch-means`, layers -1 … -12 are the means of the patch tokens after blocks 1–12 (the package's numbering,
+written `--layers pK`; `nogta-patch-split` is the fourth-round default).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ from causalclip_cli.training.trainer import TrainConfig  # noqa: E402
 HERE = Path(__file__).resolve().parent
 MANIFEST = HERE / "results" / "release-manifest.csv"
 ALL = tuple(range(13))
-PATCH = tuple(100 + b for b in range(1, 13))  # "layer" 100 + k: the mean of the patch tokens after block k
+PATCH = tuple(-b for b in range(1, 13))  # -k: the mean of the patch tokens after block k (taps.py)
 MID = (0, 4, 6, 8, 10, 12)
 TRAIN = TrainConfig(epochs=40, batch_size=256, lr=1e-3, patience=8)  # as make_release.py
 TARGET_FPR, BAND = 0.005, (0.05, 0.005)
@@ -77,7 +77,7 @@ class Recipe:
     balance: str = "none"
     hard: float = 0.0
     head: tuple = ()  # CausalCLIP hyper-parameters overriding the package defaults, as (name, value) pairs
-    layers: tuple = MID  # which of the cached taps the head reads (0 = the final embedding, k = block k)
+    layers: tuple = MID  # which cached taps the head reads (0 final embedding, k block k, -k its patch mean)
     wd: float = 0.0  # Adam weight decay
     erase: int = 0  # directions that separate the kinds of training reals, projected out before the head
     groups: tuple = ()  # linear probes trained apart on these groups of `layers` (in order), logits averaged
@@ -143,15 +143,15 @@ RECIPES = {r.name: r for r in [
            layers=ALL, drop=("game-renders", "forensynths_crn", "forensynths_imle")),
     # Patch-token means (needs --patch-means): a probe on how the image's texture looks to the tower everywhere.
     Recipe("nogta-patch", method="linear", balance="domain",
-           groups=((0,), (4, 6, 8), (10, 12), (104, 106, 108, 110, 112)),
-           layers=(0, 4, 6, 8, 10, 12, 104, 106, 108, 110, 112),
+           groups=((0,), (4, 6, 8), (10, 12), (-4, -6, -8, -10, -12)),
+           layers=(0, 4, 6, 8, 10, 12, -4, -6, -8, -10, -12),
            drop=("game-renders", "forensynths_crn", "forensynths_imle")),
     Recipe("nogta-patch-split", method="linear", balance="domain",
-           groups=((0,), (4, 6, 8), (10, 12), (104, 106, 108), (110, 112)),
-           layers=(0, 4, 6, 8, 10, 12, 104, 106, 108, 110, 112),
+           groups=((0,), (4, 6, 8), (10, 12), (-4, -6, -8), (-10, -12)),
+           layers=(0, 4, 6, 8, 10, 12, -4, -6, -8, -10, -12),
            drop=("game-renders", "forensynths_crn", "forensynths_imle")),
-    Recipe("patch-only", method="linear", balance="domain", groups=((104, 106, 108), (110, 112)),
-           layers=(104, 106, 108, 110, 112), drop=("game-renders", "forensynths_crn", "forensynths_imle")),
+    Recipe("patch-only", method="linear", balance="domain", groups=((-4, -6, -8), (-10, -12)),
+           layers=(-4, -6, -8, -10, -12), drop=("game-renders", "forensynths_crn", "forensynths_imle")),
     Recipe("nogta-hardk", method="linear", balance="domain", hard=0.1, hard_per_kind=True,
            groups=((0,), (4, 6, 8), (10, 12)), drop=("game-renders", "forensynths_crn", "forensynths_imle")),
     Recipe("nogta-hardk05", method="linear", balance="domain", hard=0.05, hard_per_kind=True,
@@ -202,7 +202,7 @@ def extra_reals() -> list:
 
 
 def load(with_extra: bool = False, with_patch: bool = False) -> Data:
-    from sources import embed_patch_means, embed_variant
+    from sources import embed_variant
 
     from causalclip_cli.inputs.datasets import Sample
     rows = list(csv.DictReader(MANIFEST.open()))
@@ -222,7 +222,7 @@ def load(with_extra: bool = False, with_patch: bool = False) -> Data:
     if with_patch and with_extra:
         raise SystemExit("--patch-means and --extra-reals do not combine (the extra reals have no patch means)")
     if with_patch:  # after the 13 taps, so their columns stay where they were
-        xp, _yp, pp = embed_patch_means(samples, tuple(k - 100 for k in PATCH), label="patch means")
+        xp, _yp, pp = embed_variant(samples, "resize", 1, PATCH, label="patch means")
         if pp != paths:
             raise SystemExit("patch means are missing for some manifest images")
         x = np.concatenate([x, xp], axis=1)
@@ -308,16 +308,16 @@ class Fitted:
         self.cols, self.erase, self.z = _columns(r.layers), None, None
         self.segs = tuple(_segments(r.layers))
         yt = d.y[train]
-        if r.standardize:
+        if r.standardize and r.erase:
+            raise ValueError(f"{r.name}: standardize and erase do not combine (the erased directions are unscaled)")
+        if r.standardize or r.erase:
             from causalclip_cli.model.heads import normalize_features
 
-            n = normalize_features(torch.as_tensor(d.x[train][:, self.cols]), self.segs).numpy()
-            self.z = (n.mean(0), n.std(0) + 1e-6)
-        if r.erase:
-            from causalclip_cli.model.heads import normalize_features
-
-            z = normalize_features(torch.as_tensor(d.x[train][:, self.cols]), tuple(_segments(r.layers))).numpy()
-            self.erase = _domain_directions(z[yt == 0], d.kind[train][yt == 0], r.erase)
+            z = normalize_features(torch.as_tensor(d.x[train][:, self.cols]), self.segs).numpy()
+            if r.standardize:
+                self.z = (z.mean(0), z.std(0) + 1e-6)
+            else:
+                self.erase = _domain_directions(z[yt == 0], d.kind[train][yt == 0], r.erase)
         xt, xv, yv = self.inputs(d.x[train]), self.inputs(d.x[val]), d.y[val]
         w = _weights(yt, d.kind[train], r.balance)
         res = (train_head(r.method, hc, xt, yt, xv, yv, cfg, weights=w) if not r.groups

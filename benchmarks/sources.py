@@ -194,44 +194,6 @@ def variant_setup(variant: str, views: int, layers: tuple[int, ...], transform: 
     return pre, bb.info.id + (f"-{spec.key()}" if spec.key() else ""), compose(*tfs)
 
 
-def patch_means(tower, pixels, blocks: tuple[int, ...]):  # noqa: ANN001, ANN201
-    """Mean of the patch tokens (the class token left out) after each of `blocks`, concatenated: what the image's
-    texture looks like to the tower everywhere, where the class token summarises it for a caption."""
-    import torch
-
-    tr = tower.transformer
-    x = tower._embeds(pixels)
-    if not tr.batch_first:
-        x = x.transpose(0, 1)
-    out = []
-    for i, block in enumerate(tr.resblocks, start=1):
-        if i > max(blocks):
-            break
-        x = block(x)
-        if i in blocks:
-            out.append((x[:, 1:] if tr.batch_first else x[1:]).mean(dim=1 if tr.batch_first else 0))
-    return torch.cat(out, dim=-1)
-
-
-def embed_patch_means(samples: list, blocks: tuple[int, ...], *, batch_size: int = 8, label: str = "patch means"):
-    """Cached patch-token means (resize recipe, one view) [n, 768 * len(blocks)], labels, paths."""
-    import torch
-
-    from causalclip_cli.training.experiment import dataset_features
-
-    bb = _backbone()
-    pre, bid, tf = variant_setup("resize", 1, (0,))
-    bid += "-patchmean-" + "_".join(str(b) for b in blocks)
-
-    def embed(px: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return patch_means(bb.tower, px, blocks).float()
-
-    fs = dataset_features(samples, embed, pre, bid, cache_dir=None, transform=tf, batch_size=batch_size,
-                          workers=1, label=label)
-    return fs.x, fs.y, fs.paths
-
-
 def embed_variant(samples: list, variant: str, views: int, layers: tuple[int, ...], *, transform: str | None = None,
                   batch_size: int = 8, workers: int = 1, label: str = "features"):
     """Cached features [n, views, d] (views squeezed when 1 → [n, d]), labels, paths for one variant."""
