@@ -57,39 +57,60 @@ class Scanner:
     def __repr__(self) -> str:
         return f"Scanner(model={self.model!r}, threshold={self.threshold}, device={self.device!r})"
 
-    def scan(self, paths: Iterable[PathLike], *, recursive: bool = True) -> Iterator[ScanRecord]:
+    def scan(self, paths: Iterable[PathLike], *, recursive: bool = True, explain: bool = False
+             ) -> Iterator[ScanRecord]:
         """Records for files and folders, exactly as `causalclip scan PATHS --format jsonl` writes them.
 
         Folders are walked (recursively unless `recursive=False`); non-images met in a folder are skipped,
         unreadable or missing paths yield error records (`error` set, `probability` None). Records come in
-        path order as they are scored; `last_summary` holds the running totals.
+        path order as they are scored; `last_summary` holds the running totals. `explain=True` adds each
+        record's `evidence_map`, as `scan --explain` does.
         """
+        import dataclasses
+
         from causalclip_cli.inputs.data import discover
         from causalclip_cli.scanning.output import ScanSummary
         from causalclip_cli.scanning.scan import in_path_order, scan_records
 
+        options = self._options
+        if explain:
+            options = dataclasses.replace(options, explain=self._explain_options())
         found = discover(list(paths), recursive=recursive)
         summary = ScanSummary()
         self.last_summary = summary
-        records = scan_records(self._detector, found.files, found.explicit, self._options, summary)
+        records = scan_records(self._detector, found.files, found.explicit, options, summary)
         yield from in_path_order(found.errors, records, self.threshold, self.model, summary)
 
-    def score(self, images: Sequence[ImageInput] | ImageInput) -> list[ScanRecord]:
+    def explain(self, images: Sequence[ImageInput] | ImageInput) -> list[ScanRecord]:
+        """`score(images, explain=True)`: each record carries its `evidence_map` (rows, cols, scores, box,
+        peak), as `scan --explain` writes it."""
+        return self.score(images, explain=True)
+
+    def _explain_options(self) -> Any:  # noqa: ANN401 - scanning.explain.ExplainOptions
+        from causalclip_cli.evidence.maps import check_maps
+        from causalclip_cli.scanning.explain import ExplainOptions
+
+        check_maps(self._detector)
+        return ExplainOptions()
+
+    def score(self, images: Sequence[ImageInput] | ImageInput, *, explain: bool = False) -> list[ScanRecord]:
         """One record per input, in input order: file paths (decoded as `scan` decodes them, provenance
         included) and/or PIL images (scored as given; `path` is the image's `filename` or `<image N>`).
 
         Folders are not expanded here (use `scan`); an unreadable file gives a record with `error` set.
+        `explain=True` adds each scored record's `evidence_map` (see `explain`).
         """
         import torch
         from PIL import Image
 
-        from causalclip_cli.inputs.data import ScanDataset, collate_scan
+        from causalclip_cli.inputs.data import ScanDataset, _to_rgb, collate_scan
         from causalclip_cli.scanning.scan import batch_records
 
         if isinstance(images, (str, os.PathLike, Image.Image)):
             images = [images]
         items = list(images)
         det = self._detector
+        options = self._explain_options() if explain else None
         files = [os.fsdecode(os.fspath(x)) if not isinstance(x, Image.Image) else "" for x in items]
         dataset = ScanDataset(files, det.preprocess, explicit=set(files), provenance=self._options.provenance)
         out: list[ScanRecord] = []
@@ -101,7 +122,15 @@ class Scanner:
                 batch.append(_pil_item(i, x, det.preprocess, torch) if isinstance(x, Image.Image) else dataset[i])
             b = collate_scan(batch)
             probs = det.probabilities(b.tensor).tolist() if b.tensor is not None and b.good else []
-            out.extend(r for r in batch_records(b.items, b.good, probs, self._decision, self.model) if r is not None)
+            records = batch_records(b.items, b.good, probs, self._decision, self.model)
+            if explain:
+                from causalclip_cli.scanning.explain import explain_record
+
+                for i, rec in zip(range(start, start + len(batch)), records, strict=True):
+                    if rec is not None:
+                        image = items[i] if isinstance(items[i], Image.Image) else None
+                        explain_record(det, rec, options, None if image is None else _to_rgb(image))
+            out.extend(r for r in records if r is not None)
         return out
 
 

@@ -230,10 +230,12 @@ def scan(
              "given; 'off' for none).")] = None,
     fmt: Annotated[Fmt | None, typer.Option("--format", "-f",
                                             help="Default: table on a terminal, jsonl otherwise.")] = None,
-    output: Annotated[str | None, typer.Option("--output", "-o", help="Write results to FILE (atomic).")] = None,
+    output: Annotated[str | None, typer.Option(
+        "--output", "-o", help="Write results to FILE (renamed into place at the end; JSONL can be resumed after a "
+                               "kill).")] = None,
     resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue an interrupted scan: keep the records already in --output (JSONL), scan only "
-                         "the other files and append to it.")] = False,
+        "--resume", help="Continue an interrupted scan: keep the records already in --output (JSONL) and in a "
+                         "killed run's journal beside it, scan only the other files.")] = False,
     recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Descend into folders.")] = True,
     null: Annotated[bool, typer.Option("-0", "--null", help="Paths on stdin are NUL-separated.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
@@ -269,6 +271,12 @@ def scan(
         help="Label 'uncertain' (reason: unfamiliar) rather than 'fake' an image unlike anything the head was "
              "trained on (checkpoints with a familiarity reference).")] = True,
     decode: Annotated[Decode, typer.Option(help=DECODE_HELP)] = Decode.auto,
+    explain: Annotated[bool, typer.Option(
+        "--explain", help="Add an evidence map to every record: a grid of fake probabilities over the image and "
+                          "the box of its strongest region (about 3x slower on CPU).")] = False,
+    maps: Annotated[Path | None, typer.Option(
+        "--maps", help="Also write one PNG per image into DIR: the image under its evidence map, the box drawn "
+                       "(implies --explain).")] = None,
 ) -> None:
     """Score images: a fake probability and a label per file, a summary on stderr.
 
@@ -290,7 +298,11 @@ def scan(
             inputs += read_path_list(sys.stdin.buffer, null_separated=null)
         if not inputs:
             raise UsageError("no input paths given")
+        explain = explain or maps is not None
         if engine == Engine.ray:
+            if explain:
+                raise UsageError("--explain and --maps are not available with --engine ray",
+                                 hint="use --engine local")
             if purify or crops:
                 raise UsageError("--purify and --crops are not available with --engine ray")
             if html is not None:
@@ -318,16 +330,37 @@ def scan(
                 raise UsageError(f"--crops must be one of {', '.join(map(str, VIEW_COUNTS))}, not {crops}")
             detector.metadata["preprocess"] = {**detector.preprocess.to_dict(), "views": crops}
         if purify:
+            if explain:
+                raise UsageError("--explain and --maps cannot be combined with --purify",
+                                 hint="the map explains the image as it is; scan the purified copy separately")
             from causalclip_cli.robustness.purify import parse_purifier, with_purifier
 
             detector = with_purifier(detector, parse_purifier(purify, dev))
+        explain_options = None
+        if explain:
+            from causalclip_cli.evidence.maps import check_maps
+            from causalclip_cli.scanning.explain import ExplainOptions
+
+            check_maps(detector)
+            explain_options = ExplainOptions(maps_dir=None if maps is None else str(maps))
+            if maps is not None and maps.exists() and not maps.is_dir():
+                raise UsageError(f"--maps {maps} exists and is not a folder")
         done = None
         if resume:
             from causalclip_cli.scanning.resume import check_same_run, read_done
 
             done = read_done(output)
             check_same_run(done, detector.model_id, detector.decision.threshold if threshold is None else threshold,
-                           output)
+                           output, explain)
+        elif output is not None:
+            from causalclip_cli.scanning.resume import count_leftover_records
+
+            # Killed runs' temporary files stay until this run's output is committed, then go.
+            leftovers, unfinished = count_leftover_records(output)
+            if unfinished:
+                sys.stderr.write(f"note: an interrupted scan to {output} left {unfinished:,} record(s) in "
+                                 f"{os.path.basename(leftovers[-1])}; add --resume to keep them (this run starts "
+                                 "over and removes it when it finishes)\n")
     except CausalClipError as exc:
         raise _fail(exc) from None
 
@@ -346,7 +379,7 @@ def scan(
     decode_stats = DecodeStats()
     opts = ScanOptions(batch_size=batch_size or default_batch_size(dev), workers=workers, threshold=threshold,
                        uncertain=band, provenance=provenance, abstain_unfamiliar=abstain_unfamiliar,
-                       decode=decode.value, decode_stats=decode_stats)
+                       decode=decode.value, decode_stats=decode_stats, explain=explain_options)
     kept: list[dict] | None = [] if html is not None else None
     summary = ScanSummary()
     err = _stderr()
@@ -363,14 +396,16 @@ def scan(
         found = dataclasses.replace(found, files=[f for f in found.files if f not in seen],
                                     errors=[e for e in found.errors if e[0] not in seen])
         tail = "; a truncated last line is dropped and its file scanned again" if done.dropped_tail else ""
-        sys.stderr.write(f"resuming {output}: {len(done.records):,} record(s) kept, {len(found.files):,} file(s) "
-                         f"to scan{tail}\n")
+        adopted = (f" ({done.from_leftovers:,} from an interrupted run's temporary file)" if done.from_leftovers
+                   else "")
+        sys.stderr.write(f"resuming {output}: {len(done.records):,} record(s) kept{adopted}, {len(found.files):,} "
+                         f"file(s) to scan{tail}\n")
     total = len(found.files)
     thr = detector.decision.threshold if threshold is None else threshold
 
     def run(stream) -> None:  # noqa: ANN001
-        writer = make_writer((fmt.value if fmt else default_format(stream)), stream)
-        commit = getattr(stream, "commit", None)  # --resume: whole lines reach the file batch by batch
+        writer = make_writer((fmt.value if fmt else default_format(stream)), stream, explain=explain)
+        commit = getattr(stream, "commit", None)  # a JSONL journal: whole lines reach the disk batch by batch
 
         def emit(records) -> None:  # noqa: ANN001
             # Discovery's error records (broken symlinks, ...) come in the same path order as the rest.
@@ -403,16 +438,24 @@ def scan(
             writer.close()
 
     try:
-        if output is not None and done is not None:
-            from causalclip_cli.scanning.resume import AppendStream
+        if output is not None:
+            from causalclip_cli.scanning.output import atomic_output, leftover_temporaries
 
-            with AppendStream(output, done.keep_bytes) as fh:
-                run(fh)
-        elif output is not None:
-            from causalclip_cli.scanning.output import atomic_output
+            stale = done.leftovers if done is not None else leftover_temporaries(output)
+            if fmt is None or fmt == Fmt.jsonl:
+                from causalclip_cli.scanning.resume import LineJournal
 
-            with atomic_output(output) as fh:
-                run(fh)
+                # A journal of whole records: a killed run leaves it for --resume to adopt.
+                with atomic_output(output, keep_on_error=True, replaces=stale) as fh:
+                    journal = LineJournal(fh)
+                    if done is not None and done.lines:
+                        journal.write(done.data.decode("utf-8"))
+                        journal.commit()
+                    run(journal)
+                    journal.commit()
+            else:
+                with atomic_output(output, replaces=stale) as fh:
+                    run(fh)
         else:
             run(sys.stdout)
             sys.stdout.flush()

@@ -79,3 +79,31 @@ def photos(tmp_path: Path) -> Path:
     (d / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 20)
     (d / "readme.txt").write_text("not an image")
     return d
+
+
+def make_patch_checkpoint(path: Path, kind: str = "linear", region: float | None = None) -> Path:
+    """A head over the tiny tower that reads patch-token taps (final, block 1, p1, p2): evidence maps work."""
+    import torch
+
+    from causalclip_cli.model.backbones import BackboneSpec, locate
+    from causalclip_cli.model.checkpoint import Decision, build_metadata, save_checkpoint
+    from causalclip_cli.model.heads import make_head
+
+    torch.manual_seed(1)
+    info = locate(BackboneSpec("causalclip-tiny", "none"))
+    layers = [0, 1, -1, -2]
+    segments = [info.embed_dim, 64, 64, 64]
+    config = {"segments": segments}
+    if kind == "causalclip":
+        config |= {"mask_hidden": 16, "cls_hidden": 16, "adv_hidden": 16}
+    head = make_head(kind, sum(segments), config)
+    decision = Decision(0.5, region=None if region is None else {"threshold": region, "statistic": "window_max"})
+    meta = build_metadata(head, info.to_dict(), decision, {"summary": {"note": "test fixture"}},
+                          features={"layers": layers, "aggregate": "mean"})
+    save_checkpoint(path, head, meta)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_patch_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_patch_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-patch.safetensors")

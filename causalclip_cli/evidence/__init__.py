@@ -1,4 +1,4 @@
-"""Provenance evidence read from the image files themselves: C2PA manifests, EXIF/XMP generator tags and
-the short summaries shown next to a verdict. A leaf of the dependency graph: it may import only the shared
-base (`causalclip_cli.errors`, `causalclip_cli.settings`).
+"""Evidence beside the verdict. `provenance`: what the image files say about themselves (C2PA manifests,
+EXIF/XMP generator tags and the short summaries shown next to a verdict); it imports only the shared base.
+`maps`: where in the pixels the head's evidence lies (evidence maps over the image); it imports `model`.
 """

@@ -7,6 +7,7 @@ loader, `load_detector`, rebuilds backbone + head + preprocessing from it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -46,6 +47,9 @@ class Decision:
     # A would-be `fake` whose familiarity p-value (familiarity.py) is below this is `uncertain` instead:
     # the head has seen nothing like the image. None: no such check.
     unfamiliar_below: float | None = None
+    # `scan --explain`: {"threshold": t, "statistic": "window_max", ...}: an image whose strongest map window
+    # scores ≥ t is `fake` (reason "region"); None: maps never change a label.
+    region: dict | None = None
 
     def label(self, prob: float, threshold: float | None = None,
               uncertain: tuple[float, float] | None = None) -> str:
@@ -68,15 +72,18 @@ class Decision:
         return label, None
 
     def to_dict(self) -> dict:
-        return {"threshold": self.threshold, "uncertain": list(self.uncertain) if self.uncertain else None,
-                "calibration": self.calibration, "unfamiliar_below": self.unfamiliar_below}
+        d = {"threshold": self.threshold, "uncertain": list(self.uncertain) if self.uncertain else None,
+             "calibration": self.calibration, "unfamiliar_below": self.unfamiliar_below}
+        if self.region is not None:
+            d["region"] = self.region
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Decision:
         band = d.get("uncertain")
         below = d.get("unfamiliar_below")
         return cls(float(d.get("threshold", 0.5)), tuple(band) if band else None, d.get("calibration", {}),
-                   None if below is None else float(below))
+                   None if below is None else float(below), d.get("region"))
 
 
 def build_metadata(head: Head, backbone_info: dict, decision: Decision | None = None,
@@ -275,21 +282,35 @@ class Detector:
         s = self.metadata.get("scaling") or {}
         return float(s.get("a", 1.0)), float(s.get("b", 0.0))
 
-    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixel rows (one per view) → the feature rows the head reads."""
-        import contextlib
-
+    def _tower_context(self) -> contextlib.AbstractContextManager:
         import torch
 
         from causalclip_cli.model.precision import autocast_dtype
-        from causalclip_cli.model.taps import forward_layers
 
         amp = autocast_dtype(self.precision)
-        cast = (torch.autocast(self.device.split(":", 1)[0], dtype=amp) if amp is not None
+        return (torch.autocast(self.device.split(":", 1)[0], dtype=amp) if amp is not None
                 else contextlib.nullcontext())
-        with torch.inference_mode(), cast:
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixel rows (one per view) → the feature rows the head reads."""
+        import torch
+
+        from causalclip_cli.model.taps import forward_layers
+
+        with torch.inference_mode(), self._tower_context():
             return forward_layers(self.backbone.tower, pixels.to(self.device, non_blocking=True),
                                   self.features.layers).float()
+
+    def embed_with_patches(self, pixels: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """`embed`, plus the patch tokens [n, P, width] behind each patch-mean tap -k (evidence maps)."""
+        import torch
+
+        from causalclip_cli.model.taps import forward_taps
+
+        with torch.no_grad(), self._tower_context():
+            feats, patches = forward_taps(self.backbone.tower, pixels.to(self.device, non_blocking=True),
+                                          self.features.layers, keep_patches=True)
+        return feats.float(), {k: v.float() for k, v in patches.items()}
 
     def logits(self, features: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Features [n, d] or [n, views, d] → one aggregated head logit per image (before scaling)."""

@@ -61,14 +61,21 @@ class LinearConfig:
 COMBINES = ("concat", "weighted")
 
 
-def normalize_features(e: torch.Tensor, segments: tuple[int, ...] = ()) -> torch.Tensor:
+def _unit(p: torch.Tensor, fixed_norm: bool) -> torch.Tensor:
+    if not fixed_norm:
+        return F.normalize(p, dim=-1) * (p.shape[-1] ** 0.5)
+    # The same value, with the norm a constant for autograd: the head is then linear in each segment.
+    return p * ((p.shape[-1] ** 0.5) / p.norm(dim=-1, keepdim=True).clamp_min(1e-12)).detach()
+
+
+def normalize_features(e: torch.Tensor, segments: tuple[int, ...] = (), fixed_norm: bool = False) -> torch.Tensor:
     # CLIP embedding norms vary with content (and from block to block); the direction carries the signal.
     # Scaling by sqrt(d) keeps per-dimension values near unit size whatever the width.
     e = e.float()
     if len(segments) <= 1:
-        return F.normalize(e, dim=-1) * (e.shape[-1] ** 0.5)
+        return _unit(e, fixed_norm)
     parts = torch.split(e, list(segments), dim=-1)
-    return torch.cat([F.normalize(p, dim=-1) * (p.shape[-1] ** 0.5) for p in parts], dim=-1)
+    return torch.cat([_unit(p, fixed_norm) for p in parts], dim=-1)
 
 
 class SegmentInput(nn.Module):
@@ -89,8 +96,11 @@ class SegmentInput(nn.Module):
     def layer_weights(self) -> torch.Tensor | None:
         return F.softplus(self.layer_logits) if self.weighted else None
 
+    # Evidence maps set this: each image's segment norms count as constants for gradients (values unchanged).
+    fixed_norm = False
+
     def forward(self, e: torch.Tensor) -> torch.Tensor:
-        z = normalize_features(e, self.segments)
+        z = normalize_features(e, self.segments, self.fixed_norm)
         if self.weighted:
             w = torch.repeat_interleave(self.layer_weights(), torch.tensor(self.segments, device=z.device))
             z = z * w

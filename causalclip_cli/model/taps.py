@@ -119,6 +119,13 @@ def forward_layers(tower: torch.nn.Module, pixels: torch.Tensor, layers: Sequenc
     """One pass through an open_clip VisionTransformer → the requested features concatenated in order."""
     if tuple(layers) == (0,):
         return tower(pixels)
+    return forward_taps(tower, pixels, layers)[0]
+
+
+def forward_taps(tower: torch.nn.Module, pixels: torch.Tensor, layers: Sequence[int], keep_patches: bool = False
+                 ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """One pass → (the requested features concatenated in order, {k: patch tokens [n, P, width]} for each
+    patch-mean tap -k when `keep_patches`). A patch-mean tap is the mean of those tokens over P."""
     tr = tower.transformer
     x = tower._embeds(pixels)
     if not tr.batch_first:
@@ -126,6 +133,7 @@ def forward_layers(tower: torch.nn.Module, pixels: torch.Tensor, layers: Sequenc
     wanted = set(layers)
     last = len(tr.resblocks) if 0 in wanted else max(abs(k) for k in wanted)
     cls: dict[int, torch.Tensor] = {}
+    patches: dict[int, torch.Tensor] = {}
     for i, block in enumerate(tr.resblocks, start=1):
         if i > last:
             break
@@ -135,12 +143,14 @@ def forward_layers(tower: torch.nn.Module, pixels: torch.Tensor, layers: Sequenc
             cls[i] = tokens[:, 0].clone()
         if -i in wanted:
             cls[-i] = tokens[:, 1:].mean(dim=1)
+            if keep_patches:
+                patches[-i] = tokens[:, 1:].clone()
     if 0 in wanted:
         if not tr.batch_first:
             x = x.transpose(0, 1)
         pooled, _ = tower._pool(x)
         cls[0] = pooled @ tower.proj if tower.proj is not None else pooled
-    return torch.cat([cls[k] for k in layers], dim=-1)
+    return torch.cat([cls[k] for k in layers], dim=-1), patches
 
 
 def select_layers(feats: np.ndarray, have: Sequence[int], want: Sequence[int], shape: TowerShape) -> np.ndarray:

@@ -16,6 +16,7 @@ import math
 import os
 import secrets
 import stat
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ FIELDS = ("path", "probability", "label", "reason", "familiarity", "threshold", 
 PROVENANCE_CSV = ("provenance_says", "provenance_evidence", "c2pa_state", "c2pa_signer", "c2pa_claim_generator",
                   "c2pa_digital_source_type", "exif_camera", "exif_datetime", "generator_tool", "generator_model")
 CSV_FIELDS = (*FIELDS[:-1], *PROVENANCE_CSV)
+# `scan --explain` adds the strongest region of the evidence map (the whole grid does not fit a cell).
+EVIDENCE_CSV = ("evidence_peak", "evidence_x0", "evidence_y0", "evidence_x1", "evidence_y1")
 PROBABILITY_DECIMALS = 6
 
 
@@ -57,6 +60,9 @@ class ScanRecord:
     # Conformal p-value of the image's distance to the head's training features (familiarity.py): small means
     # unlike anything the head was trained on. None when the checkpoint carries no reference.
     familiarity: float | None = None
+    # `scan --explain`: {"rows", "cols", "scores" (row-major from the top left), "box" [x0, y0, x1, y1] in the
+    # image's pixels, "peak"} (evidence/maps.py); None without --explain, and then absent from `to_dict()`.
+    evidence_map: dict | None = None
 
     @classmethod
     def failed(cls, path: str, error: str, *, threshold: float, model: str) -> ScanRecord:
@@ -64,8 +70,11 @@ class ScanRecord:
         return cls(path, None, None, threshold, model, None, None, error)
 
     def to_dict(self) -> dict:
-        """Fields in the stable output order (`FIELDS`), values unchanged."""
-        return {name: getattr(self, name) for name in FIELDS}
+        """Fields in the stable output order (`FIELDS`), values unchanged; `evidence_map` last, when there is one."""
+        d = {name: getattr(self, name) for name in FIELDS}
+        if self.evidence_map is not None:
+            d["evidence_map"] = self.evidence_map
+        return d
 
 
 def _machine_dict(record: ScanRecord) -> dict:
@@ -206,27 +215,38 @@ class JsonWriter(Writer):
         self.stream.write('{"results": []}\n' if self.count == 0 else "\n]}\n")
 
 
-class CsvWriter(Writer):
-    """Header plus one row per record, columns in `FIELDS` order; empty cells for None."""
+def evidence_columns(evidence: dict | None) -> list:
+    """The evidence map's peak and box in `EVIDENCE_CSV` order (None cells without a map)."""
+    if not evidence:
+        return [None] * len(EVIDENCE_CSV)
+    return [evidence.get("peak"), *list(evidence.get("box") or [None] * 4)]
 
-    def __init__(self, stream: TextIO) -> None:
+
+class CsvWriter(Writer):
+    """Header plus one row per record, columns in `FIELDS` order; empty cells for None. With `explain`, the
+    evidence map's peak and box follow (`EVIDENCE_CSV`)."""
+
+    def __init__(self, stream: TextIO, explain: bool = False) -> None:
         super().__init__(stream)
+        self.explain = explain
         # Keep RFC 4180's "\r\n": with it csv quotes fields containing a bare "\r" as well as "\n",
         # which a "\n" terminator would leave unquoted (a file name with "\r" would split the row).
         # The stream should be opened with newline="" (atomic_output does) so nothing is translated.
         self._csv = csv.writer(stream)
 
     def _header(self) -> None:
-        self._csv.writerow(CSV_FIELDS)
+        self._csv.writerow((*CSV_FIELDS, *EVIDENCE_CSV) if self.explain else CSV_FIELDS)
 
     def _write(self, record: ScanRecord) -> None:
         if self.count == 0:
             self._header()
         d = _machine_dict(record)
+        evidence = d.pop("evidence_map", None)
         prov = d.pop("provenance")
+        extra = evidence_columns(evidence) if self.explain else []
         row = [
             _fit_encoding(_escape_surrogates(v), self.stream) if isinstance(v, str) else v
-            for v in [*d.values(), *provenance_columns(prov)]
+            for v in [*d.values(), *provenance_columns(prov), *extra]
         ]
         self._csv.writerow(row)
         self.stream.flush()
@@ -286,6 +306,11 @@ class TableWriter(Writer):
 
             evidence = terminal_safe(short_evidence(record.provenance))
             line.append(f"  [{_fit_encoding(evidence, self.stream)}]", style="dim")
+        if record.evidence_map and record.error is None:
+            m = record.evidence_map
+            x0, y0, x1, y1 = m["box"]
+            region = " (region)" if record.reason == "region" else ""
+            line.append(f"  {{map peak {m['peak']:.2f} at {x0},{y0}-{x1},{y1}{region}}}", style="dim")
         self._console.print(line)
 
 
@@ -297,13 +322,13 @@ _WRITERS: dict[str, type[Writer]] = {
 }
 
 
-def make_writer(fmt: str, stream: TextIO) -> Writer:
-    """A writer for `fmt` (one of `FORMATS`) on `stream`."""
+def make_writer(fmt: str, stream: TextIO, explain: bool = False) -> Writer:
+    """A writer for `fmt` (one of `FORMATS`) on `stream`; `explain`: records carry evidence maps."""
     try:
         cls = _WRITERS[fmt]
     except KeyError:
         raise UsageError(f"unknown output format {fmt!r}", hint=f"choose one of: {', '.join(FORMATS)}") from None
-    return cls(stream)
+    return cls(stream, explain=True) if explain and cls is CsvWriter else cls(stream)
 
 
 def default_format(stream: TextIO) -> str:
@@ -327,28 +352,101 @@ def _fsync_dir(directory: str) -> None:
             os.close(fd)
 
 
+def _temporary_name(target: str) -> str:
+    directory, name = os.path.split(target)
+    return os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
+
+
+def _lock(fd: int) -> bool:
+    """Hold an advisory lock on an open temporary file while this process writes it: the kernel drops it when
+    the process dies, however it dies, which is how a later run tells a killed run's leftovers from a live
+    one's (see `leftover_temporaries`). False where locks are unavailable or the file is held elsewhere."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; leftovers are then judged by age alone
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+
+
+# A temporary file without a lock (no flock on the platform) counts as abandoned once it is this old.
+UNLOCKED_STALE_SECONDS = 24 * 3600
+
+
+def leftover_temporaries(path: str | os.PathLike[str]) -> list[str]:
+    """Temporary files that earlier runs writing `path` left behind when they were killed (oldest first).
+
+    They are the `.NAME.*.tmp` files beside `path` that no running process holds: a run that is still
+    writing keeps its temporary file locked, so two scans to one output never take each other's file.
+    """
+    target = os.path.realpath(os.fspath(path))
+    directory, name = os.path.split(target)
+    prefix = f".{name}."
+    try:
+        names = [n for n in os.listdir(directory or ".") if n.startswith(prefix) and n.endswith(".tmp")]
+    except OSError:
+        return []
+    found = []
+    for entry in names:
+        full = os.path.join(directory, entry)
+        try:
+            fd = os.open(full, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue
+            try:
+                import fcntl  # noqa: F401
+            except ImportError:
+                if time.time() - os.fstat(fd).st_mtime < UNLOCKED_STALE_SECONDS:
+                    continue
+            else:
+                if not _lock(fd):
+                    continue  # a live run is writing it
+            found.append((os.fstat(fd).st_mtime, full))
+        finally:
+            os.close(fd)  # closing releases the probe's own lock
+    return [full for _, full in sorted(found)]
+
+
+def remove_files(paths: list[str]) -> None:
+    """Unlink each of `paths`, ignoring those already gone."""
+    for p in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(p)
+
+
 @contextlib.contextmanager
 def atomic_output(
-    path: str | os.PathLike[str], *, commit_on_interrupt: bool = True, encoding: str = "utf-8"
+    path: str | os.PathLike[str], *, commit_on_interrupt: bool = True, encoding: str = "utf-8",
+    keep_on_error: bool = False, replaces: list[str] | None = None,
 ) -> Iterator[TextIO]:
     """Yield a text stream to a temporary file next to `path`; fsync and rename it over `path` on success.
 
-    A failed or killed run never leaves a half-written `path` (an existing file stays untouched).
+    A failed or killed run never leaves a half-written `path` (an existing file stays untouched); the
+    temporary file is named `.NAME.<hex>.tmp` and locked while this process writes it.
     On KeyboardInterrupt the temporary file is committed anyway when `commit_on_interrupt` is set
     (the caller closes its writer first, so the partial document is well-formed), then the interrupt
-    propagates. Any other exception discards it. The stream uses newline="" (written verbatim).
+    propagates. Any other exception discards it, unless `keep_on_error` (a JSON Lines journal of whole
+    records, which `scan --resume` can adopt). `replaces`: leftover temporary files of killed runs, removed
+    once `path` is committed (never before: until then they may hold the only copy of finished work).
+    The stream uses newline="" (written verbatim).
     """
     # Write through a symlink the way open(path, "w") would, instead of replacing the link.
     target = os.path.realpath(os.fspath(path))
     if os.path.isdir(target):
         raise IsADirectoryError(f"output path is a directory: {os.fspath(path)}")
-    directory, name = os.path.split(target)
+    directory = os.path.dirname(target)
     try:
         mode = stat.S_IMODE(os.stat(target).st_mode)
     except OSError:
         mode = None
     while True:
-        tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
+        tmp = _temporary_name(target)
         try:
             # os.open with 0o666 (not mkstemp's 0o600) so the result gets the usual umask permissions.
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
@@ -357,6 +455,7 @@ def atomic_output(
             continue
     committed = False
     try:
+        _lock(fd)
         stream = os.fdopen(fd, "w", encoding=encoding, newline="")
     except BaseException:
         os.close(fd)
@@ -367,14 +466,17 @@ def atomic_output(
         nonlocal committed
         stream.flush()
         os.fsync(stream.fileno())
-        stream.close()
         if mode is not None:
             with contextlib.suppress(OSError):
                 os.chmod(tmp, mode)  # overwriting keeps the old file's permissions, like open("w")
+        # Renamed while still open (and locked): no other run can take it for a leftover in between.
         os.replace(tmp, target)
         committed = True
+        stream.close()
         _fsync_dir(directory)
+        remove_files(replaces or [])
 
+    keep = False
     try:
         try:
             yield stream
@@ -382,12 +484,17 @@ def atomic_output(
             if commit_on_interrupt:
                 commit()
             raise
+        except Exception:
+            keep = keep_on_error
+            raise
         commit()
     finally:
         if not committed:
-            stream.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            with contextlib.suppress(OSError):
+                stream.close()
+            if not keep:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
 
 
 # --------------------------------------------------------------------------- summary

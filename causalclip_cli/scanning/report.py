@@ -129,18 +129,32 @@ def _folder(path: str) -> str:
     return os.path.dirname(path) or "."
 
 
-def _thumbnail(path: str, size: int) -> str | None:
-    """A small JPEG as a data: URI, or None if the file cannot be read now (the report still lists it)."""
+def _data_uri(img: Any, size: int) -> str:  # noqa: ANN401 - a PIL image
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=70)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _thumbnails(path: str, size: int, evidence_map: dict | None) -> tuple[str | None, str | None]:
+    """A small JPEG as a data: URI, and the same under its evidence map when the record has one; None for a
+    file that cannot be read now (the report still lists it)."""
     try:
         from causalclip_cli.inputs.data import decode_image
 
         img = decode_image(path, min_size=size).image
-        img.thumbnail((size, size))
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=70)
-        return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+        overlay = None
+        if isinstance(evidence_map, dict) and evidence_map.get("scores"):
+            from causalclip_cli.scanning.overlay import render_overlay
+
+            # The box is in the scanned image's pixels; the thumbnail's decode may be smaller.
+            m = dict(evidence_map)
+            scale = img.width / float(evidence_map.get("width") or img.width)
+            m["box"] = [v * scale for v in m["box"]]
+            overlay = _data_uri(render_overlay(img, m, long_side=size * 2), size)
+        return _data_uri(img, size), overlay
     except Exception:  # noqa: BLE001 - moved, deleted or unreadable since the scan
-        return None
+        return None, None
 
 
 def _safe(text: str) -> str:
@@ -185,12 +199,12 @@ def _summarise(records: list[dict], options: ReportOptions) -> dict[str, Any]:
             "folders_total": len(folders), "errors": errors[: options.max_errors], "errors_total": len(errors)}
 
 
-def _columns(records: list[dict], thumbs: dict[int, str]) -> dict[str, Any]:
+def _columns(records: list[dict], thumbs: dict[int, str], overlays: dict[int, str]) -> dict[str, Any]:
     """Column-wise data for the page: one list per field, plus string tables for repeated values."""
     labels = list(LABEL_ORDER)
     says = list(SAYS_ORDER)
     out: dict[str, list] = {"path": [], "p": [], "label": [], "says": [], "evidence": [], "error": [], "size": [],
-                            "thumb": []}
+                            "thumb": [], "map": []}
     for i, rec in enumerate(records):
         lab = _label(rec)
         if lab not in labels:
@@ -209,6 +223,7 @@ def _columns(records: list[dict], thumbs: dict[int, str]) -> dict[str, Any]:
         w, h = rec.get("width"), rec.get("height")
         out["size"].append(f"{w}x{h}" if w and h else 0)
         out["thumb"].append(thumbs.get(i, 0))
+        out["map"].append(overlays.get(i, 0))
     return {"labels": labels, "says_names": says, "n": len(records), **out}
 
 
@@ -224,13 +239,19 @@ def build_report(records: list[dict[str, Any]], options: ReportOptions | None = 
     stats = stats if stats is not None else ReportStats()
     records = sorted(records, key=lambda r: (_label(r) == "error", -(_prob(r) or 0.0), str(r.get("path", ""))))
     thumbs: dict[int, str] = {}
+    overlays: dict[int, str] = {}
     if options.thumbnails > 0:
         for i, rec in enumerate(records[: options.thumbnails]):
             if _label(rec) == "error":
                 break
-            uri = _thumbnail(str(rec.get("path", "")), options.thumb_size)
+            emap = rec.get("evidence_map")
+            if isinstance(emap, dict):
+                emap = {**emap, "width": rec.get("width")}
+            uri, overlay = _thumbnails(str(rec.get("path", "")), options.thumb_size, emap)
             if uri:
                 thumbs[i] = uri
+            if overlay:
+                overlays[i] = overlay
     stats.records = len(records)
     stats.thumbnails = len(thumbs)
     from jinja2 import Environment, PackageLoader, select_autoescape
@@ -242,7 +263,7 @@ def build_report(records: list[dict[str, Any]], options: ReportOptions | None = 
     # File names and titles may carry undecodable bytes (lone surrogates): shown escaped, never a write error.
     options = dataclasses.replace(options, title=_safe(options.title), source=_safe(options.source))
     return template.render(options=options, summary=summary, total=len(records),
-                           data_json=_json_for_script(_columns(records, thumbs)),
+                           data_json=_json_for_script(_columns(records, thumbs, overlays)),
                            thumbnails=len(thumbs), skipped_lines=stats.skipped_lines[:20],
                            skipped_total=len(stats.skipped_lines))
 

@@ -1,9 +1,12 @@
-"""`scan --output FILE.jsonl --resume`: keep the records already in FILE, scan only the other paths, append.
+"""JSON Lines output that survives a kill: `scan --output FILE.jsonl`, and `--resume` to continue it.
 
-The file stays a valid JSON Lines document at every moment: a truncated last line (a killed run) is cut off
-before anything is appended, and new records are appended in whole lines, one write and one fsync per
-scored batch. Records of another checkpoint, precision or threshold are refused: a file holds one model's
-verdicts.
+A JSON Lines scan writes its records to a journal, the temporary file `.FILE.<hex>.tmp` beside FILE: whole
+lines, one write and one fsync per scored batch. When the scan ends the journal is renamed over FILE, so
+FILE is always a finished document (or, after Ctrl-C, the records so far). A run killed outright leaves its
+journal behind; `--resume` adopts it together with what FILE already holds, scans only the other paths, and
+writes the union through a new journal. A run without `--resume` leaves such leftovers alone until its own
+output is committed, then removes them. Records of another checkpoint, precision or threshold are refused: a
+file holds one model's verdicts.
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from typing import TextIO
 
 from causalclip_cli.errors import UsageError
-from causalclip_cli.scanning.output import FIELDS, ScanRecord
+from causalclip_cli.scanning.output import FIELDS, ScanRecord, leftover_temporaries
 
 # Records written before `reason` and `familiarity` existed (2026-11-28) lack them; they read as None.
 REQUIRED = set(FIELDS) - {"reason", "familiarity"}
@@ -21,51 +25,102 @@ REQUIRED = set(FIELDS) - {"reason", "familiarity"}
 
 @dataclass
 class Done:
-    """What an earlier run left in the output file."""
+    """What earlier runs left: the records of the output file and of killed runs' journals, one per path."""
 
     records: list[ScanRecord] = field(default_factory=list)
-    keep_bytes: int = 0  # the file's valid prefix: whole lines only
-    dropped_tail: bool = False  # a partial last line was found (and will be cut off and rescanned)
+    lines: list[bytes] = field(default_factory=list)  # each record's line as it was written (with its newline)
+    dropped_tail: bool = False  # a partial last line was found (cut off; its file is scanned again)
+    leftovers: list[str] = field(default_factory=list)  # killed runs' journals (and other formats' temp files)
+    from_leftovers: int = 0  # records that only a leftover journal held
 
     @property
     def paths(self) -> set[str]:
         return {r.path for r in self.records}
 
+    @property
+    def data(self) -> bytes:
+        """The kept records as JSON Lines, ready to start a new journal with."""
+        return b"".join(self.lines)
 
-def read_done(path: str | os.PathLike[str]) -> Done:
-    """The complete records of an existing JSONL output file (nothing if there is no file)."""
-    name = os.fspath(path)
+
+def _read(name: str) -> bytes | None:
     try:
         with open(name, "rb") as fh:
-            data = fh.read()
+            return fh.read()
     except FileNotFoundError:
-        return Done()
+        return None
     except IsADirectoryError:
         raise UsageError(f"--output {name} is a directory") from None
     except OSError as exc:
         raise UsageError(f"--resume: cannot read {name}: {exc.strerror or exc}") from None
-    done = Done()
+
+
+def _parse(data: bytes, name: str, done: Done, *, strict: bool) -> int:
+    """Add the complete records of `data` not already in `done`; the count added. A line that is not a record
+    is refused when `strict` (the output file) and ends the reading otherwise (a leftover of another format)."""
     end = data.rfind(b"\n") + 1
-    done.keep_bytes = end
-    done.dropped_tail = end < len(data)
-    for number, line in enumerate(data[:end].splitlines(), 1):
+    done.dropped_tail |= end < len(data)
+    seen = done.paths
+    added = 0
+    for number, line in enumerate(data[:end].splitlines(keepends=True), 1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
             if not isinstance(obj, dict) or not REQUIRED <= set(obj):
                 raise ValueError("not a scan record")
-            done.records.append(ScanRecord(**{k: obj.get(k) for k in FIELDS}))
+            rec = ScanRecord(**{k: obj.get(k) for k in FIELDS}, evidence_map=obj.get("evidence_map"))
         except (ValueError, TypeError):
+            if not strict:
+                break
             raise UsageError(f"--resume: {name} line {number} is not a causalclip JSONL record",
                              hint="resume only a file written by `causalclip scan --format jsonl --output`") from None
+        if rec.path in seen:
+            continue
+        seen.add(rec.path)
+        done.records.append(rec)
+        done.lines.append(line)
+        added += 1
+    return added
+
+
+def read_done(path: str | os.PathLike[str]) -> Done:
+    """The complete records an output file and its killed runs' journals hold (nothing if there are none).
+
+    The file's own records come first, then those only a leftover journal has, oldest journal first."""
+    name = os.fspath(path)
+    done = Done()
+    data = _read(name)
+    if data is not None:
+        _parse(data, name, done, strict=True)
+    for leftover in leftover_temporaries(name):
+        done.leftovers.append(leftover)
+        data = _read(leftover)
+        if data:
+            done.from_leftovers += _parse(data, leftover, done, strict=False)
     return done
 
 
-def check_same_run(done: Done, model: str, threshold: float, name: str) -> None:
+def count_leftover_records(path: str | os.PathLike[str]) -> tuple[list[str], int]:
+    """Killed runs' temporary files beside `path`, and how many complete scan records they hold."""
+    done = Done()
+    leftovers = leftover_temporaries(path)
+    for leftover in leftovers:
+        data = _read(leftover)
+        if data:
+            _parse(data, leftover, done, strict=False)
+    return leftovers, len(done.records)
+
+
+def check_same_run(done: Done, model: str, threshold: float, name: str, explain: bool = False) -> None:
     """Refuse to mix verdicts: every earlier record must come from this model (checkpoint and precision, as the
-    `model` field says) at this threshold."""
+    `model` field says) at this threshold, and carry an evidence map exactly when this run adds them."""
     for rec in done.records:
+        if rec.error is None and (rec.evidence_map is not None) != explain:
+            have = "with" if rec.evidence_map is not None else "without"
+            now = "adds evidence maps" if explain else "adds none"
+            raise UsageError(f"--resume: {name} was written {have} --explain, and this scan {now}",
+                             hint="resume with the same --explain/--maps, or write another --output")
         if rec.model != model:
             raise UsageError(f"--resume: {name} was written by model {rec.model}, this scan uses {model}",
                              hint="resume with the same --checkpoint and --precision, or write another --output")
@@ -74,21 +129,13 @@ def check_same_run(done: Done, model: str, threshold: float, name: str) -> None:
                              hint="resume with the same --threshold, or write another --output")
 
 
-class AppendStream:
-    """A text stream that appends whole lines to FILE: `write` buffers, `commit` writes the buffered complete
-    lines with one os.write and fsyncs. The writer's per-record `flush` does not touch the file."""
+class LineJournal:
+    """A text stream over a journal file that reaches the disk in whole lines: `write` buffers, `commit`
+    writes the buffered complete lines, flushes and fsyncs. The writer's per-record `flush` does not touch
+    the file, so a kill at any moment leaves whole records, at most one scored batch short."""
 
-    def __init__(self, path: str | os.PathLike[str], keep_bytes: int) -> None:
-        self.name = os.fspath(path)
-        self._fd = os.open(self.name, os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
-        try:
-            # Cut a partial last line (a killed run) before appending; durable before the first new record.
-            os.ftruncate(self._fd, keep_bytes)
-            os.fsync(self._fd)
-            os.lseek(self._fd, keep_bytes, os.SEEK_SET)
-        except BaseException:
-            os.close(self._fd)
-            raise
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
         self._pending = ""
         self.encoding = "utf-8"
 
@@ -103,27 +150,11 @@ class AppendStream:
         """Per-record flushes of the writer: nothing reaches the file before `commit`."""
 
     def commit(self) -> None:
-        """Append every complete buffered line in one write, then fsync."""
+        """Write every complete buffered line, then fsync."""
         cut = self._pending.rfind("\n") + 1
         if not cut:
             return
-        data = self._pending[:cut].encode("utf-8")
+        self._stream.write(self._pending[:cut])
         self._pending = self._pending[cut:]
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view):]
-        os.fsync(self._fd)
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            try:
-                self.commit()
-            finally:
-                os.close(self._fd)
-                self._fd = -1
-
-    def __enter__(self) -> AppendStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        self._stream.flush()
+        os.fsync(self._stream.fileno())

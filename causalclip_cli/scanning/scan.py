@@ -45,6 +45,7 @@ class ScanOptions:
     decode: str = "auto"  # auto|cpu|gpu (gpu_decode.choose_decoder): auto decodes JPEGs with nvJPEG on CUDA
     decode_batch: Callable | None = None  # stands in for nvJPEG (tests, benchmarks' --device cpu)
     decode_stats: object | None = None  # a gpu_decode.DecodeStats to fill: which decoder handled what
+    explain: object | None = None  # an explain.ExplainOptions: evidence maps on every scored record
 
 
 def resolve_decision(checkpoint: Decision, options: ScanOptions) -> Decision:
@@ -100,6 +101,10 @@ def scan_records(
                 if rec is None:
                     summary.skipped += 1
                     continue
+                if options.explain is not None:
+                    from causalclip_cli.scanning.explain import explain_record
+
+                    explain_record(detector, rec, options.explain)
                 summary.add(rec)
                 yield rec
         summary.seconds = time.perf_counter() - start

@@ -410,3 +410,26 @@ def test_render_summary_ascii_stream_and_empty():
     out = io.StringIO()
     render_summary(ScanSummary(), out)
     assert "0 image(s)" in out.getvalue() and "fake probability" not in out.getvalue()
+
+
+def test_atomic_output_removes_replaced_leftovers_only_after_commit(tmp_path):
+    target = tmp_path / "out.csv"
+    left = tmp_path / ".out.csv.0badf00d.tmp"
+    left.write_text("a killed run's partial document")
+    with pytest.raises(RuntimeError), atomic_output(target, replaces=[str(left)]) as f:
+        f.write("partial")
+        raise RuntimeError("boom")
+    assert left.exists()  # a failed run removes nothing
+    with atomic_output(target, replaces=[str(left)]) as f:
+        f.write("done")
+    assert os.listdir(tmp_path) == ["out.csv"]
+
+
+def test_atomic_output_keep_on_error_leaves_the_journal(tmp_path):
+    target = tmp_path / "out.jsonl"
+    with pytest.raises(RuntimeError), atomic_output(target, keep_on_error=True) as f:
+        f.write('{"a": 1}\n')
+        raise RuntimeError("boom")
+    (left,) = tmp_path.iterdir()
+    assert left.name.startswith(".out.jsonl.") and left.read_text() == '{"a": 1}\n'
+    assert not target.exists()

@@ -229,3 +229,19 @@ def test_report_in_headless_chromium(tmp_path: Path) -> None:
     assert shot.stat().st_size > 10_000
     with Image.open(shot) as im:
         assert im.size == (1280, 900)
+
+
+def test_records_with_maps_get_an_overlay_beside_the_thumbnail(tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (80, 40), (10, 120, 200)).save(tmp_path / "m.jpg")
+    Image.new("RGB", (80, 40), (200, 120, 10)).save(tmp_path / "n.jpg")
+    emap = {"rows": 2, "cols": 4, "scores": [0.9, 0.8, 0.1, 0.0, 0.7, 0.9, 0.2, 0.1], "box": [0, 0, 40, 40],
+            "peak": 0.9}
+    base = {"probability": 0.5, "label": "uncertain", "threshold": 0.9, "model": "m", "width": 80, "height": 40,
+            "error": None, "provenance": None}
+    recs = [{**base, "path": str(tmp_path / "m.jpg"), "evidence_map": emap}, {**base, "path": str(tmp_path / "n.jpg")}]
+    data = _data(build_report(recs, ReportOptions(thumbnails=5)))
+    by_path = dict(zip(data["path"], data["map"], strict=True))
+    assert by_path[str(tmp_path / "m.jpg")].startswith("data:image/jpeg;base64,")
+    assert by_path[str(tmp_path / "n.jpg")] == 0  # no map, no overlay

@@ -16,7 +16,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from causalclip_cli.cli import app
-from causalclip_cli.scanning.resume import AppendStream, read_done
+from causalclip_cli.scanning.output import atomic_output, leftover_temporaries
+from causalclip_cli.scanning.resume import LineJournal, read_done
 
 runner = CliRunner()
 N = 40
@@ -55,35 +56,78 @@ def _full_scan(folder: Path, ckpt: Path, tmp_path: Path) -> list[dict]:
     return records
 
 
-def test_killed_scan_resumes_to_the_uninterrupted_records(folder: Path, tiny_checkpoint: Path,
-                                                          tmp_path: Path) -> None:
-    out = tmp_path / "out.jsonl"
-    cmd = [sys.executable, "-m", "causalclip_cli", *_args(folder, tiny_checkpoint, out), "--resume"]
+def _journal(out: Path) -> Path | None:
+    found = sorted(out.parent.glob(f".{out.name}.*.tmp"))
+    assert len(found) <= 1, found
+    return found[0] if found else None
+
+
+def _kill_mid_scan(cmd: list[str], out: Path, at_least: int) -> int:
+    """Start `cmd`, SIGKILL it once its journal holds `at_least` records: no handler, no cleanup, mid-scan.
+    Returns the number of complete records the journal held when it died."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    # SIGKILL as soon as a few batches are in the file: no handler, no cleanup, mid-scan.
     deadline = time.time() + 180
-    seen = 0
     while time.time() < deadline and proc.poll() is None:
-        if out.exists():
-            seen = out.read_bytes().count(b"\n")
-            if seen >= 6:
-                break
+        journal = _journal(out)
+        if journal is not None and journal.read_bytes().count(b"\n") >= at_least:
+            break
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the scan ended before it could be killed"
-    kept = out.read_bytes()
-    done = read_done(out)
-    assert 6 <= len(done.records) < N, len(done.records)
-    assert kept[: done.keep_bytes].count(b"\n") == len(done.records)
+    journal = _journal(out)
+    assert journal is not None, "the killed run left no journal"
+    return journal.read_bytes().count(b"\n")
+
+
+@pytest.mark.parametrize("first_run", [[], ["--resume"]], ids=["plain-output", "resumed-output"])
+def test_killed_scan_resumes_to_the_uninterrupted_records(folder: Path, tiny_checkpoint: Path, tmp_path: Path,
+                                                          first_run: list[str]) -> None:
+    out = tmp_path / "out.jsonl"
+    cmd = [sys.executable, "-m", "causalclip_cli", *_args(folder, tiny_checkpoint, out), *first_run]
+    written = _kill_mid_scan(cmd, out, at_least=6)
+    # Nothing half-written looks finished: the output file does not exist until a run ends.
+    assert not out.exists()
+    kept = _journal(out).read_bytes()
+    assert 6 <= written < N, written
 
     res = runner.invoke(app, [*_args(folder, tiny_checkpoint, out), "--resume"])
     assert res.exit_code in (0, 1, 3), res.output
-    assert f"{len(done.records)} record(s) kept" in res.stderr
-    assert f"{N + 1} image(s): {len(done.records)} from the earlier run" in res.stderr  # the summary counts both
+    assert f"{written} record(s) kept ({written} from an interrupted run's temporary file)" in res.stderr
+    # Only what was not yet written is scanned again; the summary counts both.
+    assert f"{N + 1 - written} file(s) to scan" in res.stderr
+    assert f"{N + 1} image(s): {written} from the earlier run, {N + 1 - written} scanned" in res.stderr
     resumed = _lines(out)
-    assert resumed[: len(done.records)] == [json.loads(x) for x in kept[: done.keep_bytes].splitlines()]
+    assert resumed[:written] == [json.loads(x) for x in kept.splitlines()]
     assert resumed == _full_scan(folder, tiny_checkpoint, tmp_path)
+    assert _journal(out) is None  # the adopted journal is gone once the output is committed
+
+
+def test_killed_resume_keeps_both_runs_work(folder: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """A resumed run killed in turn: its journal holds the first run's records too, and a third run finishes."""
+    out = tmp_path / "out.jsonl"
+    full = _full_scan(folder, tiny_checkpoint, tmp_path)
+    lines = (tmp_path / "uninterrupted.jsonl").read_bytes().splitlines(keepends=True)
+    out.write_bytes(b"".join(lines[:5]))  # an earlier run's finished file with 5 records
+    cmd = [sys.executable, "-m", "causalclip_cli", *_args(folder, tiny_checkpoint, out), "--resume"]
+    written = _kill_mid_scan(cmd, out, at_least=11)
+    assert out.read_bytes() == b"".join(lines[:5])  # the finished file is untouched until a run ends
+    res = runner.invoke(app, [*_args(folder, tiny_checkpoint, out), "--resume"])
+    assert res.exit_code in (0, 1, 3), res.output
+    assert f"{written} record(s) kept ({written - 5} from an interrupted run's temporary file)" in res.stderr
+    assert _lines(out) == full
+
+
+def test_a_plain_rerun_notes_and_then_removes_a_killed_runs_journal(folder: Path, tiny_checkpoint: Path,
+                                                                    tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    cmd = [sys.executable, "-m", "causalclip_cli", *_args(folder, tiny_checkpoint, out)]
+    written = _kill_mid_scan(cmd, out, at_least=4)
+    res = runner.invoke(app, _args(folder, tiny_checkpoint, out))
+    assert res.exit_code in (0, 1, 3), res.output
+    assert f"left {written} record(s)" in res.stderr and "add --resume to keep them" in res.stderr
+    assert _lines(out) == _full_scan(folder, tiny_checkpoint, tmp_path)
+    assert _journal(out) is None  # never silently accumulated
 
 
 def test_a_truncated_last_line_is_dropped_and_rescanned(folder: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -152,15 +196,29 @@ def test_not_a_record_file_is_refused(tmp_path: Path, tiny_checkpoint: Path) -> 
     assert out.read_text() == "hello\n"
 
 
-def test_append_stream_writes_whole_lines_per_commit(tmp_path: Path) -> None:
+def test_line_journal_writes_whole_lines_per_commit(tmp_path: Path) -> None:
     path = tmp_path / "f.jsonl"
-    path.write_bytes(b'{"a": 1}\n{"b": 2}\n{"c"')
-    with AppendStream(path, keep_bytes=18) as stream:
-        assert path.read_bytes() == b'{"a": 1}\n{"b": 2}\n'  # the partial tail is cut before anything else
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        stream = LineJournal(fh)
         stream.write('{"d": 4}\n{"e"')
         stream.flush()
-        assert path.read_bytes() == b'{"a": 1}\n{"b": 2}\n'  # nothing before the batch is committed
+        assert path.read_bytes() == b""  # nothing before the batch is committed
         stream.commit()
-        assert path.read_bytes() == b'{"a": 1}\n{"b": 2}\n{"d": 4}\n'  # whole lines only
+        assert path.read_bytes() == b'{"d": 4}\n'  # whole lines only
         stream.write(': 5}\n')
-    assert path.read_bytes() == b'{"a": 1}\n{"b": 2}\n{"d": 4}\n{"e": 5}\n'
+        stream.commit()
+    assert path.read_bytes() == b'{"d": 4}\n{"e": 5}\n'
+
+
+def test_a_live_runs_temporary_file_is_not_a_leftover(tmp_path: Path) -> None:
+    """A run still writing holds a lock on its temporary file: another run neither adopts nor removes it."""
+    target = tmp_path / "out.jsonl"
+    dead = tmp_path / ".out.jsonl.deadbeef.tmp"
+    dead.write_text("")
+    with atomic_output(target) as fh:
+        fh.write("x\n")
+        fh.flush()
+        assert leftover_temporaries(target) == [str(dead)]
+        # a scan to another file with a similar name is not ours
+        (tmp_path / ".out.jsonl.old.other").write_text("")
+    assert leftover_temporaries(target) == [str(dead)]
