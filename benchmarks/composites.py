@@ -179,6 +179,7 @@ def evaluate(items: list[dict], checkpoint: str | None, settings, deletion: int,
         m = explain_image(detector, image, settings)
         item["explain_seconds"] = time.perf_counter() - t
         item.update(rows=m.rows, cols=m.cols, box=m.box, peak=m.peak, window_max=m.window_max,
+                    scores=[round(v, 5) for v in m.scores],
                     top_cells=float(np.mean(np.sort(m.grid().ravel())[-max(1, m.rows * m.cols // 10):])))
         if item["kind"] == "composite":
             mask = Image.open(item["mask"]).convert("L")
@@ -243,6 +244,42 @@ def summarise(items: list[dict], threshold: float, stat: str) -> dict:
     return out
 
 
+def reanalyse(items: list[dict], smooth: int) -> None:
+    """Recompute the map statistics of stored grids with another `MapSettings.smooth` (a box filter over the
+    cells' logits, which is what the package applies before the sigmoid) without running the model again."""
+    from causalclip_cli.evidence.maps import _box_filter, _strongest_region
+
+    for item in items:
+        grid = np.clip(np.asarray(item["scores"], dtype=np.float64).reshape(item["rows"], item["cols"]), 1e-7,
+                       1 - 1e-7)
+        scores = 1.0 / (1.0 + np.exp(-_box_filter(np.log(grid / (1 - grid)), smooth)))
+        with Image.open(item["path"]) as im:
+            width, height = im.size
+        r0, c0, r1, c1 = _strongest_region(scores)
+        sx, sy = width / item["cols"], height / item["rows"]
+        item["box"] = [int(round(c0 * sx)), int(round(r0 * sy)), int(round(c1 * sx)), int(round(r1 * sy))]
+        item["peak"] = float(scores.max())
+        item["top_cells"] = float(np.mean(np.sort(scores.ravel())[-max(1, scores.size // 10):]))
+        if item["kind"] == "composite":
+            mask = Image.open(item["mask"]).convert("L")
+            truth = cell_truth(mask, item["rows"], item["cols"])
+            item["cell_auc"] = _auc(scores.ravel(), truth.ravel())
+            item["box_hit"] = box_hits(item["box"], mask)
+            item["pointing"] = bool(truth.ravel()[int(np.argmax(scores))])
+
+
+def set_region(checkpoint: Path, threshold: float, note: str) -> None:
+    """Record the region rule in a checkpoint's decision (tensors, familiarity reference and the rest of the
+    metadata unchanged)."""
+    from causalclip_cli.model.checkpoint import load_familiarity, load_head, save_checkpoint
+
+    head, meta = load_head(checkpoint)
+    familiarity = load_familiarity(checkpoint, meta)
+    meta["decision"]["region"] = {"statistic": "window_max", "threshold": threshold, "calibration": note}
+    save_checkpoint(checkpoint, head, meta, familiarity)
+    log(f"{checkpoint}: region rule window_max >= {threshold}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--split", default="val", choices=("val", "test"))
@@ -256,8 +293,20 @@ def main() -> None:
     ap.add_argument("--fpr", type=float, default=0.01)
     ap.add_argument("--deletion", type=int, default=20, help="composites with deletion curves")
     ap.add_argument("--limit", type=int, default=None, help="score only the first N items (a quick look)")
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--reanalyse", type=Path, default=None,
+                    help="a results file of this script: recompute its map statistics with --smooth, no model")
+    ap.add_argument("--set-region", type=Path, default=None, metavar="CHECKPOINT",
+                    help="write --threshold (with --note) into CHECKPOINT's decision as its region rule, and stop")
+    ap.add_argument("--note", default="", help="with --set-region: how the threshold was chosen")
+    ap.add_argument("--out", type=Path, required=False)
     args = ap.parse_args()
+    if args.set_region is not None:
+        if args.threshold is None:
+            raise SystemExit("--set-region needs --threshold")
+        set_region(args.set_region, args.threshold, args.note)
+        return
+    if args.out is None:
+        raise SystemExit("--out is required")
 
     import torch
 
@@ -265,9 +314,16 @@ def main() -> None:
 
     torch.set_num_threads(2)
     settings = MapSettings() if args.smooth is None else MapSettings(smooth=args.smooth)
-    items = build(args.split, args.workdir, args.seed)[: args.limit]
-    log(f"{len(items)} images ({sum(i['kind'] == 'composite' for i in items)} composites) in {args.workdir}")
-    evaluate(items, args.checkpoint, settings, args.deletion, args.seed)
+    if args.reanalyse is not None:
+        stored = json.loads(args.reanalyse.read_text())
+        if stored["settings"].get("smooth", 0) != 0:
+            raise SystemExit("--reanalyse needs a run with --smooth 0 (the raw cells)")
+        items = stored["items"]
+        reanalyse(items, settings.smooth)
+    else:
+        items = build(args.split, args.workdir, args.seed)[: args.limit]
+        log(f"{len(items)} images ({sum(i['kind'] == 'composite' for i in items)} composites) in {args.workdir}")
+        evaluate(items, args.checkpoint, settings, args.deletion, args.seed)
     threshold = args.threshold if args.threshold is not None else region_threshold(items, args.statistic, args.fpr)
     summary = summarise(items, threshold, args.statistic)
     for stat in ("window_max", "peak", "top_cells"):
@@ -276,8 +332,15 @@ def main() -> None:
             "threshold": thr, "composites_fake": _share([i for i in items if i["kind"] == "composite"],
                                                         lambda i, s=stat, t=thr: i["label"] == "fake" or i[s] >= t)}
     result = {"command": " ".join(sys.argv), "split": args.split, "seed": args.seed,
-              "settings": vars(settings), "machine": machine_info(), "summary": summary,
-              "items": [{k: v for k, v in i.items()} for i in items]}
+              "settings": vars(settings), "machine": machine_info(), "summary": summary}
+    if args.reanalyse is None:
+        result["items"] = items
+    else:  # the grids stay in the file they came from; only the recomputed per-image statistics are kept here
+        keep = ("path", "kind", "domain", "generator", "label", "probability", "window_max", "box", "peak",
+                "cell_auc", "box_hit", "pointing")
+        result["split"] = stored["split"]
+        result["items_from"] = str(args.reanalyse)
+        result["items"] = [{k: i[k] for k in keep if k in i} for i in items]
     path = args.out if args.out.is_absolute() else Path(__file__).resolve().parent / args.out
     path.write_text(json.dumps(result, indent=1) + "\n")
     log(json.dumps(summary, indent=1))

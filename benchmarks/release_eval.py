@@ -8,6 +8,8 @@ abstention): per kind of real photo the share labelled `fake` and `uncertain`; p
 labelled `fake`; AP per source and its mean. Earlier releases are scored on the same images for comparison.
 
     python benchmarks/release_eval.py [--heads NAME ...]
+    python benchmarks/release_eval.py --heads linear-vitb16 causalclip-vitb16 \
+        --journeys clean s512-q92 half-q75 l1080-q85
 """
 
 from __future__ import annotations
@@ -60,13 +62,15 @@ def _share(labels: np.ndarray, value: str) -> float | None:
     return float(np.mean(labels == value)) if len(labels) else None
 
 
-def score(checkpoint: str, samples: list) -> dict:
+def score(checkpoint: str, samples: list, journey: str | None = None) -> dict:
+    from causalclip_cli.inputs.transforms import launder
     from causalclip_cli.model.checkpoint import load_detector
     from causalclip_cli.training.experiment import EvalRequest, _detector_features, _probs
     from causalclip_cli.training.metrics import binary_metrics
 
     det = load_detector(checkpoint, device="cpu", allow_download=False)
-    fs = _detector_features(det, samples, EvalRequest(data=None, workers=1, batch_size=16))
+    fs = _detector_features(det, samples, EvalRequest(data=None, workers=1, batch_size=16),
+                            transform=None if journey is None else launder(journey))
     p = _probs(det, fs.x)
     q = det.familiar(fs.x)
     dec = det.decision
@@ -139,12 +143,22 @@ def tables(doc: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--heads", nargs="+", default=DEFAULT_HEADS, choices=list(HEADS))
+    ap.add_argument("--journeys", nargs="+", default=None, metavar="JOURNEY",
+                    help="laundered protocol: every test image, both classes alike, through each journey of "
+                         "causalclip_cli.inputs.transforms.JOURNEYS (clean too with 'clean'); writes "
+                         "release_eval-laundered.json/.md")
     args = ap.parse_args()
     samples = test_samples()
-    doc = {name: score(HEADS[name], samples) for name in args.heads}
-    (HERE / "results" / "release_eval.json").write_text(json.dumps(doc, indent=1))
+    if args.journeys:
+        doc = {f"{name} [{j}]": score(HEADS[name], samples, None if j == "clean" else j)
+               for name in args.heads for j in args.journeys}
+        stem = "release_eval-laundered"
+    else:
+        doc = {name: score(HEADS[name], samples) for name in args.heads}
+        stem = "release_eval"
+    (HERE / "results" / f"{stem}.json").write_text(json.dumps(doc, indent=1))
     md = tables(doc)
-    (HERE / "results" / "release_eval.md").write_text(md)
+    (HERE / "results" / f"{stem}.md").write_text(md)
     print(md, file=sys.stderr)
 
 

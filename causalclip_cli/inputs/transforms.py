@@ -55,7 +55,7 @@ def resize(factor: float) -> PixelTransform:
 
 
 _PERTURBATIONS = {"jpeg": lambda v: jpeg(int(v)), "blur": lambda v: blur(float(v)),
-                  "resize": lambda v: resize(float(v))}
+                  "resize": lambda v: resize(float(v)), "launder": lambda v: launder(v)}
 
 
 def parse_perturbations(text: str | None) -> list[PixelTransform]:
@@ -66,7 +66,8 @@ def parse_perturbations(text: str | None) -> list[PixelTransform]:
     for part in text.split(","):
         name, _, value = part.strip().partition(":")
         if name not in _PERTURBATIONS or not value:
-            raise UsageError(f"--perturb {part!r}: expected one of jpeg:Q, blur:SIGMA, resize:FACTOR")
+            raise UsageError(f"--perturb {part!r}: expected one of jpeg:Q, blur:SIGMA, resize:FACTOR, "
+                             f"launder:{'|'.join(JOURNEYS)}")
         try:
             out.append(_PERTURBATIONS[name](value))
         except ValueError as exc:
@@ -141,3 +142,27 @@ def degrade(view: int) -> PixelTransform:
         return im
 
     return PixelTransform(f"degrade{view}", fn)
+
+
+def _fit(im: Image.Image, side: int, which: str) -> Image.Image:
+    w, h = im.size
+    ref = min(w, h) if which == "short" else max(w, h)
+    f = side / ref
+    return im.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.LANCZOS)
+
+
+# What images go through on the web before an analyst sees them: a resize and a re-encode, both classes alike.
+JOURNEYS: dict[str, tuple[str, Callable[[Image.Image], Image.Image]]] = {
+    "s512-q92": ("short side to 512 px, JPEG 92", lambda im: _jpeg(_fit(im.convert("RGB"), 512, "short"), 92)),
+    "half-q75": ("half size, JPEG 75", lambda im: _jpeg(resize(0.5)(im.convert("RGB")), 75)),
+    "l1080-q85": ("long side to 1080 px, JPEG 85", lambda im: _jpeg(_fit(im.convert("RGB"), 1080, "long"), 85)),
+}
+
+
+def launder(journey: str) -> PixelTransform:
+    """One of `JOURNEYS` (resized with Lanczos, half size bilinear, then re-encoded): the laundered protocols."""
+    try:
+        _, fn = JOURNEYS[journey]
+    except KeyError:
+        raise UsageError(f"unknown journey {journey!r}", hint=f"choose one of {', '.join(JOURNEYS)}") from None
+    return PixelTransform(f"launder-{journey}", fn)

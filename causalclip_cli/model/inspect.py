@@ -175,6 +175,10 @@ def _decision_text(dec: dict, scaling: dict | None = None) -> str:
     if dec.get("unfamiliar_below") is not None and fam:
         text += (f"; a fake verdict on an image unlike the training data (familiarity p < {dec['unfamiliar_below']:g}:"
                  f" {fam.get('k', '?')}-NN distance to {fam.get('bank', '?')} training images) is labelled uncertain")
+    region = dec.get("region")
+    if region:
+        text += (f"; with --explain, a map window scoring ≥ {region.get('threshold', '?')} labels the image fake "
+                 "(reason region)")
     return text
 
 
