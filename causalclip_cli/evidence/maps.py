@@ -30,6 +30,8 @@ from PIL import Image
 from causalclip_cli.errors import UsageError
 from causalclip_cli.model.checkpoint import Detector
 
+MAX_ASPECT = 4
+
 
 @dataclass(frozen=True)
 class MapSettings:
@@ -86,8 +88,10 @@ def _offsets(length: int, size: int, step: int) -> list[int]:
 def window_layout(width: int, height: int, size: int, cell: int, settings: MapSettings = MapSettings()) -> Layout:
     """The resized image (short side `size`, both sides whole cells) and windows covering all of it."""
     short = min(width, height)
-    w = max(size, int(round(width * size / short / cell)) * cell)
-    h = max(size, int(round(height * size / short / cell)) * cell)
+    # A panorama or a 1-px strip would need hundreds of windows: beyond 4:1 the long side is squeezed.
+    longest = MAX_ASPECT * size
+    w = min(longest, max(size, int(round(width * size / short / cell)) * cell))
+    h = min(longest, max(size, int(round(height * size / short / cell)) * cell))
     # Never a step longer than half a window: every cell is covered, away from the border by two windows.
     step = max(1, min(settings.stride_cells, size // cell // 2)) * cell
     windows = tuple((x, y) for y in _offsets(h, size, step) for x in _offsets(w, size, step))

@@ -203,3 +203,13 @@ def test_the_map_puts_the_mass_on_the_generated_half(shared_data: Path) -> None:
     assert np.mean(margins) > 0.15, margins
     assert sum(d > 0 for d in margins) >= 11, margins
     assert sum(b >= 0.6 for b in boxes) >= 9, boxes
+
+
+def test_extreme_aspect_ratios_stay_a_few_windows() -> None:
+    from causalclip_cli.evidence.maps import window_layout
+
+    strip = window_layout(5000, 2, 224, 16)
+    assert (strip.width, strip.height) == (896, 224) and len(strip.windows) == 7
+    photo = window_layout(4000, 3000, 224, 16)
+    assert (photo.cols, photo.rows) == (19, 14) and len(photo.windows) == 2
+    assert all(x % 16 == 0 and x + 224 <= photo.width for x, _ in photo.windows)

@@ -222,3 +222,16 @@ def test_a_live_runs_temporary_file_is_not_a_leftover(tmp_path: Path) -> None:
         # a scan to another file with a similar name is not ours
         (tmp_path / ".out.jsonl.old.other").write_text("")
     assert leftover_temporaries(target) == [str(dead)]
+
+
+def test_resume_refuses_to_mix_records_with_and_without_maps(tmp_path: Path, tiny_patch_checkpoint: Path) -> None:
+    Image.new("RGB", (40, 40)).save(tmp_path / "a.png")
+    Image.new("RGB", (40, 40), (9, 9, 9)).save(tmp_path / "b.png")
+    out = tmp_path / "out.jsonl"
+    base = ["scan", str(tmp_path / "a.png"), "-c", str(tiny_patch_checkpoint), "-o", str(out), "--no-progress",
+            "--workers", "0"]
+    assert runner.invoke(app, base).exit_code in (0, 1)
+    before = out.read_text()
+    res = runner.invoke(app, [*base[:2], str(tmp_path / "b.png"), *base[2:], "--resume", "--explain"])
+    assert res.exit_code == 2 and "without --explain" in res.stderr
+    assert out.read_text() == before
