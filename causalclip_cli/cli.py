@@ -638,7 +638,9 @@ def evaluate(
     subset: Annotated[list[str] | None, typer.Option(help="Generators to use (repeatable).")] = None,
     layout: Annotated[str, typer.Option()] = "auto",
     threshold: Annotated[float | None, typer.Option(min=0.0, max=1.0)] = None,
-    perturb: Annotated[str | None, typer.Option(help="e.g. jpeg:75,blur:1.0,resize:0.5")] = None,
+    perturb: Annotated[str | None, typer.Option(
+        help="Extra conditions, e.g. jpeg:75,blur:1.0,resize:0.5; launder:s512-q92|half-q75|l1080-q85 for the "
+             "resize-and-recompress journeys of web images.")] = None,
     fmt: Annotated[EvalFmt, typer.Option("--format", "-f")] = EvalFmt.table,
     plot: Annotated[Path | None, typer.Option(help="Write ROC and PR curves (PNG) to this folder.")] = None,
     device: Annotated[str, typer.Option()] = "auto",
