@@ -16,9 +16,13 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from causalclip_cli.model.checkpoint import Detector
 from causalclip_cli.scanning.output import ScanRecord
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 @dataclass
@@ -41,8 +45,10 @@ def map_file_name(path: str) -> str:
     return f"{safe}-{digest}.png"
 
 
-def explain_record(detector: Detector, record: ScanRecord, options: ExplainOptions, image: object = None) -> None:
-    """Attach the evidence map to a scored record (in place), apply the region rule, write its picture."""
+def explain_record(detector: Detector, record: ScanRecord, options: ExplainOptions,
+                   image: Image.Image | None = None) -> None:
+    """Attach the evidence map to a scored record (in place), apply the region rule, write its picture. `image`:
+    the decoded RGB image when the caller has it (an in-memory input); else the file is decoded again."""
     if record.error is not None or record.probability is None:
         return
     from causalclip_cli.errors import ImageError

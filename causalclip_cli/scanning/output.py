@@ -531,6 +531,8 @@ class ScanSummary:
     unfamiliar: int = 0
     # Records kept from an earlier run (`scan --resume`): counted above, not in `seconds`.
     resumed: int = 0
+    # `fake` because one window of the evidence map scored high (reason "region", `scan --explain`).
+    region: int = 0
 
     def add(self, record: ScanRecord) -> None:
         """Account for one record (error or result)."""
@@ -542,6 +544,7 @@ class ScanSummary:
             return
         self.counts[record.label] = self.counts.get(record.label, 0) + 1
         self.unfamiliar += record.reason == "unfamiliar"
+        self.region += record.reason == "region"
         p = record.probability
         if p is not None and math.isfinite(p):
             self.histogram[bisect.bisect_right(_EDGES, p)] += 1
@@ -575,6 +578,7 @@ class ScanSummary:
             "provenance": dict(self.provenance),
             "unfamiliar": self.unfamiliar,
             "resumed": self.resumed,
+            "region": self.region,
         }
 
 
@@ -615,6 +619,8 @@ def render_summary(summary: ScanSummary, stream: TextIO) -> None:
     if summary.unfamiliar:
         lines.append(f"  {summary.unfamiliar:,} of the uncertain would score fake but are unlike the head's training "
                      "images (reason: unfamiliar)")
+    if summary.region:
+        lines.append(f"  {summary.region:,} of the fake are fake by a region of their evidence map (reason: region)")
     if summary.interrupted:
         lines.append("interrupted: results so far only")
     if summary.provenance:
