@@ -620,7 +620,7 @@ def render_summary(summary: ScanSummary, stream: TextIO) -> None:
         lines.append(f"  {summary.unfamiliar:,} of the uncertain would score fake but are unlike the head's training "
                      "images (reason: unfamiliar)")
     if summary.region:
-        lines.append(f"  {summary.region:,} of the fake are fake by a region of their evidence map (reason: region)")
+        lines.append(f"  {summary.region:,} of the fake labelled so by one region of the evidence map (reason: region)")
     if summary.interrupted:
         lines.append("interrupted: results so far only")
     if summary.provenance:

@@ -140,7 +140,7 @@ def test_region_rule_flags_only_with_a_calibrated_threshold(tmp_path: Path) -> N
     res = runner.invoke(app, [*args, "-c", str(low), "--explain"])
     flagged = json.loads(res.stdout)
     assert (flagged["label"], flagged["reason"]) == ("fake", "region")
-    assert res.exit_code == 1 and "1 of the fake are fake by a region" in res.stderr
+    assert res.exit_code == 1 and "1 of the fake labelled so by one region" in res.stderr
     none = make_patch_checkpoint(tmp_path / "noregion.safetensors")
     kept = json.loads(runner.invoke(app, [*args, "-c", str(none), "--explain"]).stdout)
     assert kept["label"] == "real" and kept["reason"] is None
