@@ -566,7 +566,9 @@ class ScanDataset(Dataset):
             "provenance": None,
         }
         try:
-            dec = decode_image(path, min_size=self.preprocess.decode_min_size, provenance=self.provenance)
+            full = getattr(self.pixel_transform, "full_resolution", False)
+            dec = decode_image(path, min_size=None if full else self.preprocess.decode_min_size,
+                               provenance=self.provenance)
             item.update(width=dec.width, height=dec.height, format=dec.format, provenance=dec.provenance)
             image = dec.image if self.pixel_transform is None else self.pixel_transform(dec.image)
             item["tensor"] = torch.from_numpy(self.preprocess.to_views(image))

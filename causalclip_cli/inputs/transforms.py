@@ -19,6 +19,9 @@ from causalclip_cli.errors import UsageError
 class PixelTransform:
     name: str
     fn: Callable[[Image.Image], Image.Image]
+    # Needs the file's own pixels: decoders must not shrink a large JPEG first (DCT scaling), or a journey that
+    # halves the image would halve an already halved one.
+    full_resolution: bool = False
 
     def __call__(self, img: Image.Image) -> Image.Image:
         return self.fn(img)
@@ -105,7 +108,7 @@ def compose(*ts: PixelTransform | None) -> PixelTransform | None:
             im = t(im)
         return im
 
-    return PixelTransform("+".join(t.name for t in ts), fn)
+    return PixelTransform("+".join(t.name for t in ts), fn, full_resolution=any(t.full_resolution for t in ts))
 
 
 def _content_seed(im: Image.Image, salt: str) -> int:
@@ -165,4 +168,4 @@ def launder(journey: str) -> PixelTransform:
         _, fn = JOURNEYS[journey]
     except KeyError:
         raise UsageError(f"unknown journey {journey!r}", hint=f"choose one of {', '.join(JOURNEYS)}") from None
-    return PixelTransform(f"launder-{journey}", fn)
+    return PixelTransform(f"launder-{journey}", fn, full_resolution=True)

@@ -35,3 +35,20 @@ def test_launder_is_an_eval_perturbation_and_unknown_names_are_refused() -> None
     with pytest.raises(UsageError, match="unknown journey"):
         launder("instagram")
     assert set(JOURNEYS) == {"s512-q92", "half-q75", "l1080-q85"}
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_journeys_see_the_files_own_pixels(tmp_path, full: bool) -> None:
+    """A large JPEG is decoded at reduced DCT scale for the model, but never before a journey: halving an image
+    that the decoder already halved would be a quarter."""
+    from causalclip_cli.inputs.data import ScanDataset
+    from causalclip_cli.inputs.transforms import PixelTransform
+    from causalclip_cli.model.preprocess import Preprocess
+
+    _image(1000, 800).save(tmp_path / "big.jpg", quality=90)
+    seen = []
+    t = PixelTransform("probe", lambda im: seen.append(im.size) or im, full_resolution=full)
+    pre = Preprocess(224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    item = ScanDataset([str(tmp_path / "big.jpg")], pre, pixel_transform=t)[0]
+    assert item["error"] is None
+    assert seen == ([(1000, 800)] if full else [(500, 400)])
