@@ -183,7 +183,9 @@ def test_ctrl_c_keeps_results_so_far_and_the_summary(tmp_path: Path, tiny_checkp
 
     d = tmp_path / "many"
     d.mkdir()
-    n = 3000  # the tiny tower scores ~300 images/s: about ten seconds of scanning to interrupt
+    # The tiny tower scores 300-600 images/s: ten seconds or more of scanning to interrupt, so a parent process
+    # slowed down by earlier tests' threads still catches the scan mid-way.
+    n = 8000
     buf = io.BytesIO()
     Image.new("RGB", (32, 32), (200, 0, 0)).save(buf, "PNG")
     for i in range(n):
