@@ -50,7 +50,8 @@ QUALITY = 92
 FEATHER = 4
 
 
-def _manifest(split: str) -> list[dict]:
+def manifest_rows(split: str) -> list[dict]:
+    """The release manifest's rows of `split`, each with `file`: its path under ../shared/data."""
     with open(MANIFEST, newline="", encoding="utf-8") as fh:
         rows = [r for r in csv.DictReader(fh) if r["split"] == split]
     for r in rows:
@@ -66,7 +67,7 @@ def _open(path: str) -> Image.Image:
 
 def build(split: str, workdir: Path, seed: int) -> list[dict]:
     """Write the composites, their masks and the untouched photos; return one item per image to score."""
-    rows = _manifest(split)
+    rows = manifest_rows(split)
     reals = sorted((r for r in rows if r["label"] == "0" and r["domain"] in SCENE_REALS), key=lambda r: r["file"])
     donors = sorted((r for r in rows if r["label"] == "1" and r["generator"] in DONORS), key=lambda r: r["file"])
     rng = random.Random(seed)

@@ -12,7 +12,6 @@ kind of real photo and per generator.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -21,17 +20,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._util import RESULTS, SHARED_DATA, log, machine_info  # noqa: E402
-
-MANIFEST = RESULTS / "release-manifest.csv"
-
-
-def _rows(split: str) -> list[dict]:
-    with open(MANIFEST, newline="", encoding="utf-8") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["split"] == split]
-    for r in rows:
-        r["file"] = str(SHARED_DATA / r["path"].split("shared/data/", 1)[1])
-    return rows
+from benchmarks._util import log, machine_info  # noqa: E402
+from benchmarks.composites import manifest_rows  # noqa: E402
 
 
 def score(rows: list[dict], journey: str, checkpoint: str | None) -> list[dict]:
@@ -99,7 +89,7 @@ def main() -> None:
     region = load_detector(args.checkpoint, device="cpu").decision.region
     if not region:
         raise SystemExit("the checkpoint has no region rule (decision.region)")
-    rows = _rows(args.split)
+    rows = manifest_rows(args.split)
     result = {"command": " ".join(sys.argv), "split": args.split, "region": region, "machine": machine_info(),
               "journeys": {}}
     for journey in args.journeys:
