@@ -273,7 +273,7 @@ def scan(
     decode: Annotated[Decode, typer.Option(help=DECODE_HELP)] = Decode.auto,
     explain: Annotated[bool, typer.Option(
         "--explain", help="Add an evidence map to every record: a grid of fake probabilities over the image and "
-                          "the box of its strongest region (about 3x slower on CPU).")] = False,
+                          "the box of its strongest region (2-3x slower on CPU).")] = False,
     maps: Annotated[Path | None, typer.Option(
         "--maps", help="Also write one PNG per image into DIR: the image under its evidence map, the box drawn "
                        "(implies --explain).")] = None,
@@ -346,20 +346,22 @@ def scan(
             if maps is not None and maps.exists() and not maps.is_dir():
                 raise UsageError(f"--maps {maps} exists and is not a folder")
         done = None
+        stale: list[str] = []  # killed runs' temporary files beside --output, removed once this run commits
         if resume:
             from causalclip_cli.scanning.resume import check_same_run, read_done
 
             done = read_done(output)
             check_same_run(done, detector.model_id, detector.decision.threshold if threshold is None else threshold,
                            output, explain)
+            stale = done.leftovers
         elif output is not None:
             from causalclip_cli.scanning.resume import count_leftover_records
 
             # Killed runs' temporary files stay until this run's output is committed, then go.
-            leftovers, unfinished = count_leftover_records(output)
+            stale, unfinished = count_leftover_records(output)
             if unfinished:
                 sys.stderr.write(f"note: an interrupted scan to {output} left {unfinished:,} record(s) in "
-                                 f"{os.path.basename(leftovers[-1])}; add --resume to keep them (this run starts "
+                                 f"{os.path.basename(stale[-1])}; add --resume to keep them (this run starts "
                                  "over and removes it when it finishes)\n")
     except CausalClipError as exc:
         raise _fail(exc) from None
@@ -439,9 +441,8 @@ def scan(
 
     try:
         if output is not None:
-            from causalclip_cli.scanning.output import atomic_output, leftover_temporaries
+            from causalclip_cli.scanning.output import atomic_output
 
-            stale = done.leftovers if done is not None else leftover_temporaries(output)
             if fmt is None or fmt == Fmt.jsonl:
                 from causalclip_cli.scanning.resume import LineJournal
 

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 @dataclass
 class ExplainOptions:
     maps_dir: str | None = None  # write one PNG per image here
-    region_rule: bool = True  # let the map's strongest window flag a `fake` (checkpoints with a region threshold)
 
 
 def region_threshold(detector: Detector) -> float | None:
@@ -69,7 +68,7 @@ def explain_record(detector: Detector, record: ScanRecord, options: ExplainOptio
     record.evidence_map = emap.to_dict()
     threshold = region_threshold(detector)
     # An image withheld as unfamiliar stays withheld: the head has no basis for accusing it, region or not.
-    if (options.region_rule and threshold is not None and record.label != "fake" and record.reason != "unfamiliar"
+    if (threshold is not None and record.label != "fake" and record.reason != "unfamiliar"
             and emap.window_max >= threshold):
         record.label, record.reason = "fake", "region"
     if options.maps_dir is not None:

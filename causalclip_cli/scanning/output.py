@@ -357,13 +357,17 @@ def _temporary_name(target: str) -> str:
     return os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
 
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; leftovers are then judged by age alone
+    fcntl = None
+
+
 def _lock(fd: int) -> bool:
     """Hold an advisory lock on an open temporary file while this process writes it: the kernel drops it when
     the process dies, however it dies, which is how a later run tells a killed run's leftovers from a live
-    one's (see `leftover_temporaries`). False where locks are unavailable or the file is held elsewhere."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no flock; leftovers are then judged by age alone
+    one's (see `leftover_temporaries`). False only when another open file holds the lock."""
+    if fcntl is None:
         return True
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -399,14 +403,11 @@ def leftover_temporaries(path: str | os.PathLike[str]) -> list[str]:
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 continue
-            try:
-                import fcntl  # noqa: F401
-            except ImportError:
+            if fcntl is None:
                 if time.time() - os.fstat(fd).st_mtime < UNLOCKED_STALE_SECONDS:
                     continue
-            else:
-                if not _lock(fd):
-                    continue  # a live run is writing it
+            elif not _lock(fd):
+                continue  # a live run is writing it
             found.append((os.fstat(fd).st_mtime, full))
         finally:
             os.close(fd)  # closing releases the probe's own lock

@@ -93,23 +93,23 @@ def read_done(path: str | os.PathLike[str]) -> Done:
     data = _read(name)
     if data is not None:
         _parse(data, name, done, strict=True)
+    _adopt_leftovers(name, done)
+    return done
+
+
+def _adopt_leftovers(name: str, done: Done) -> None:
     for leftover in leftover_temporaries(name):
         done.leftovers.append(leftover)
         data = _read(leftover)
         if data:
             done.from_leftovers += _parse(data, leftover, done, strict=False)
-    return done
 
 
 def count_leftover_records(path: str | os.PathLike[str]) -> tuple[list[str], int]:
     """Killed runs' temporary files beside `path`, and how many complete scan records they hold."""
     done = Done()
-    leftovers = leftover_temporaries(path)
-    for leftover in leftovers:
-        data = _read(leftover)
-        if data:
-            _parse(data, leftover, done, strict=False)
-    return leftovers, len(done.records)
+    _adopt_leftovers(os.fspath(path), done)
+    return done.leftovers, done.from_leftovers
 
 
 def check_same_run(done: Done, model: str, threshold: float, name: str, explain: bool = False) -> None:
