@@ -9,6 +9,10 @@ One forward pass per view returns the final projection and the class token of al
            scene and loses every pixel-level trace (run on modern-2025 and faces-2025)
   release  the resize recipe for every source (older, modern, faces, people-2026, photos-2026): what the
            released heads train and calibrate on (issue 18: the feature cache of a fresh machine)
+  issue27  the release manifest (results/release-manifest.csv) with the fourth-round default's taps (final embedding,
+           blocks 4-12, patch means of blocks 4-12) for the laundered protocols: clean for every image, augmented
+           views (`--aug-views`, training split only) and laundered journeys (`--journeys`, the splits the
+           protocols hold out: train and val; the test split's were embedded by release_eval.py)
   old-aug2 the second augmented view (transforms.degrade(2)) of the 21 older sources under the resize
            recipe, so `--augment-views 2` needs no extraction there (the first views came from the GPU run)
 
@@ -34,7 +38,12 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", default=["modern", "faces", "old", "tiny"])
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--aug-views", nargs="*", type=int, default=[1], help="issue27: augmented views (training split)")
+    ap.add_argument("--journeys", nargs="*", default=["half-q75"], help="issue27: laundered journeys (train + val)")
     args = ap.parse_args()
+    if args.only == ["issue27"]:
+        issue27(args.aug_views, args.journeys, args.batch_size, args.workers)
+        return
     from sources import embed_variant
 
     t0 = time.time()
@@ -62,6 +71,33 @@ def main() -> None:
                                 workers=args.workers, label=f"{name} {variant}x{views} {transform or ''}")
         print(f"{name:32s} {variant}x{views}: {len(x)} images {x.shape} in {time.time() - t:.0f} s "
               f"(total {time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+
+
+RELEASE_TAPS = (0, 4, 6, 8, 10, 12, -4, -6, -8, -10, -12)
+
+
+def issue27(aug_views: list[int], journeys: list[str], batch_size: int, workers: int) -> None:
+    """Clean features of every manifest image, then the augmented views, then the journeys, each timed."""
+    import csv
+
+    from sources import embed_variant
+
+    from causalclip_cli.inputs.datasets import Sample
+
+    manifest = Path(__file__).resolve().parent / "results" / "release-manifest.csv"
+    rows = list(csv.DictReader(manifest.open()))
+    samples = [Sample(str((manifest.parent / r["path"]).resolve()), int(r["label"]), r["generator"], r["split"],
+                      r["domain"]) for r in rows]
+    train = [s for s in samples if s.split == "train"]
+    held = [s for s in samples if s.split != "test"]
+    plan = [("clean", samples, None)] + [(f"degrade{k}", train, f"degrade{k}") for k in aug_views]
+    plan += [(f"launder-{j}", held, f"launder-{j}") for j in journeys]
+    for name, ss, tf in plan:
+        t = time.time()
+        x, _, _ = embed_variant(ss, "resize", 1, RELEASE_TAPS, transform=tf, batch_size=batch_size, workers=workers,
+                                label=f"manifest {name}")
+        print(f"manifest {name}: {len(x)} of {len(ss)} images in {time.time() - t:.0f} s "
+              f"({len(ss) / max(time.time() - t, 1e-9):.2f} images/s incl. cache hits)", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

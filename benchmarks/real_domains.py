@@ -31,7 +31,9 @@ Protocols (the `test` split is never read by F or D; `--test` reports it for the
     python benchmarks/real_domains.py --recipes base sqrt ... [--protocols F D V] [--test] --out FILE
     python benchmarks/real_domains.py --tables FILE ...        # markdown tables of finished runs (F)
     python benchmarks/real_domains.py --tables-fc FILE ...     # the same for FC
-    python benchmarks/real_domains.py --seed-summary FILE ...  # mean ± sd over seeds of F, FC and D
+    python benchmarks/real_domains.py --seed-summary [--view half-q75] FILE ...  # mean ± sd over seeds
+    python benchmarks/real_domains.py --taps release --aug-views 1 --journeys half-q75 --recipes split-aug \
+        causal-aug ... --protocols F FC D E --out FILE     # issue 27: augmented training, laundered scoring
 
 Recipes also vary the linear probe's inputs (`layers`), weight decay, erasure of the directions that separate the
 kinds of training reals, and `groups`: probes trained apart on groups of layers, averaged (`ens-*`, released as
@@ -62,6 +64,7 @@ MANIFEST = HERE / "results" / "release-manifest.csv"
 ALL = tuple(range(13))
 PATCH = tuple(-b for b in range(1, 13))  # -k: the mean of the patch tokens after block k (taps.py)
 MID = (0, 4, 6, 8, 10, 12)
+RELEASE_TAPS = (0, 4, 6, 8, 10, 12, -4, -6, -8, -10, -12)  # the fourth-round default's inputs
 TRAIN = TrainConfig(epochs=40, batch_size=256, lr=1e-3, patience=8)  # as make_release.py
 TARGET_FPR, BAND = 0.005, (0.05, 0.005)
 MIN_DOMAIN = 15
@@ -85,8 +88,13 @@ class Recipe:
     extra: bool = False  # also train on the web-sd reals the manifest's cap left out (needs --extra-reals)
     standardize: bool = False  # z-score each normalised input dimension with the training rows' mean and sd
     hard_per_kind: bool = False  # `hard` is a share of each kind of training real, not of all of them
+    augment: bool = False  # train on the clean view and the cached augmented views (--aug-views), one per epoch
 
 
+# The fifth round's CausalCLIP head over RELEASE_TAPS (8,192 inputs), and its ablation: each component off.
+CAUSAL = (("mask_hidden", 64), ("cls_hidden", 64), ("adv_hidden", 64))
+ABLATION = {"": (), "-nomask": (("use_mask", False),), "-nohsic": (("lambda2", 0.0),),
+            "-noadv": (("alpha", 0.0),), "-nodrops": (("beta", 0.0),)}
 SMALL = (("mask_hidden", 32), ("cls_hidden", 32), ("adv_hidden", 32), ("dropout", 0.3))
 LINEAR_CLASSIFIER = (("cls_hidden", 0), ("adv_hidden", 0))  # CausalCLIP's mask and losses, a linear classifier
 RECIPES = {r.name: r for r in [
@@ -156,6 +164,15 @@ RECIPES = {r.name: r for r in [
            groups=((0,), (4, 6, 8), (10, 12)), drop=("game-renders", "forensynths_crn", "forensynths_imle")),
     Recipe("nogta-hardk05", method="linear", balance="domain", hard=0.05, hard_per_kind=True,
            groups=((0,), (4, 6, 8), (10, 12)), drop=("game-renders", "forensynths_crn", "forensynths_imle")),
+    # Fifth round (issue 27, 2026-12-02): augmented training views, and CausalCLIP over the same inputs, with
+    # each of its components switched off in turn (the ablation). All on RELEASE_TAPS (--taps release).
+    Recipe("split-aug", method="linear", balance="domain", augment=True,
+           groups=((0,), (4, 6, 8), (10, 12), (-4, -6, -8), (-10, -12)),
+           layers=RELEASE_TAPS, drop=("game-renders", "forensynths_crn", "forensynths_imle")),
+    Recipe("split-probe-aug", method="linear", balance="domain", augment=True, layers=RELEASE_TAPS,
+           drop=("game-renders", "forensynths_crn", "forensynths_imle")),
+    *[Recipe(f"causal-aug{suffix}", balance="domain", augment=True, layers=RELEASE_TAPS, head=CAUSAL + off,
+             drop=("game-renders", "forensynths_crn", "forensynths_imle")) for suffix, off in ABLATION.items()],
     Recipe("nogta-every-z", method="linear", balance="domain",
            groups=((0,), (1, 2, 3, 4), (5, 6, 7, 8), (9, 10, 11, 12)), layers=ALL, standardize=True,
            drop=("game-renders", "forensynths_crn", "forensynths_imle")),
@@ -180,6 +197,12 @@ class Data:
     generator: np.ndarray
     paths: list[str]
     extra: np.ndarray | None = None  # training-only rows outside the manifest (--extra-reals); never evaluated
+    order: tuple = ALL + PATCH  # the taps of x's columns, in order (--taps release: RELEASE_TAPS only)
+    aug: np.ndarray | None = None  # [n, views, d] augmented views of the training rows (clean copies elsewhere)
+    views: dict | None = None  # what the protocols score: {"clean": x, journey: x laundered}, same rows and columns
+
+    def scored(self) -> dict:
+        return self.views or {"clean": self.x}
 
 
 def _extra(d: Data) -> np.ndarray:
@@ -201,13 +224,48 @@ def extra_reals() -> list:
             if s.label == 0 and str(Path(s.path).resolve()) not in used | capped]
 
 
+def _manifest_samples() -> list:
+    from causalclip_cli.inputs.datasets import Sample
+
+    rows = list(csv.DictReader(MANIFEST.open()))
+    return [Sample(str((MANIFEST.parent / r["path"]).resolve()), int(r["label"]), r["generator"], r["split"],
+                   r["domain"]) for r in rows]
+
+
+def load_release_taps(aug_views: int = 0, journeys: tuple[str, ...] = ()) -> Data:
+    """The manifest with RELEASE_TAPS only (one cache entry per view: extract_views.py --only issue27), its
+    augmented training views and its laundered journeys (every split: release_eval.py embedded the test split's)."""
+    from sources import embed_variant
+
+    samples = _manifest_samples()
+
+    def embed(ss: list, transform: str | None, label: str) -> np.ndarray:
+        x, _y, paths = embed_variant(ss, "resize", 1, RELEASE_TAPS, transform=transform, label=label)
+        if paths != [s.path for s in ss]:
+            raise SystemExit(f"{label}: {len(ss) - len(paths)} manifest images could not be read")
+        return x.astype(np.float32)
+
+    x = embed(samples, None, "release manifest")
+    train = np.array([s.split == "train" for s in samples])
+    aug = None
+    if aug_views:
+        aug = np.repeat(x[:, None], aug_views, axis=1)
+        tr = [s for s in samples if s.split == "train"]
+        for k in range(1, aug_views + 1):
+            aug[train, k - 1] = embed(tr, f"degrade{k}", f"augmented view {k}")
+    views = {"clean": x, **{j: embed(samples, f"launder-{j}", f"journey {j}") for j in journeys}}
+    return Data(x, np.array([s.label for s in samples]), np.array([s.split for s in samples]),
+                np.array([s.kind for s in samples], dtype=object),
+                np.array([s.generator for s in samples], dtype=object), [s.path for s in samples],
+                order=RELEASE_TAPS, aug=aug, views=views)
+
+
 def load(with_extra: bool = False, with_patch: bool = False) -> Data:
     from sources import embed_variant
 
     from causalclip_cli.inputs.datasets import Sample
-    rows = list(csv.DictReader(MANIFEST.open()))
-    samples = [Sample(str((MANIFEST.parent / r["path"]).resolve()), int(r["label"]), r["generator"], r["split"],
-                      r["domain"]) for r in rows]
+
+    samples = _manifest_samples()
     x, y, paths = embed_variant(samples, "resize", 1, ALL, label="release manifest")
     if len(paths) != len(samples):
         raise SystemExit(f"{len(samples) - len(paths)} manifest images could not be read")
@@ -236,9 +294,8 @@ def _segments(layers: tuple = ALL) -> list[int]:
     return [512 if k == 0 else 768 for k in layers]
 
 
-def _columns(layers: tuple) -> np.ndarray:
-    """Columns of Data.x (all taps, then any patch means, concatenated) that hold `layers`."""
-    order = ALL + PATCH
+def _columns(layers: tuple, order: tuple = ALL + PATCH) -> np.ndarray:
+    """Columns of Data.x (taps in `order`, concatenated) that hold `layers`."""
     starts = np.cumsum([0, *_segments(order)])
     return np.concatenate([np.arange(starts[order.index(k)], starts[order.index(k) + 1]) for k in layers])
 
@@ -305,7 +362,7 @@ class Fitted:
         causal = {**asdict(CausalConfig()), **dict(r.head)} if r.method == "causalclip" else {}
         hc = {**causal, "segments": _segments(r.layers), "combine": "concat"}
         cfg = TrainConfig(**{**asdict(TRAIN), "seed": seed, "weight_decay": r.wd})
-        self.cols, self.erase, self.z = _columns(r.layers), None, None
+        self.cols, self.erase, self.z = _columns(r.layers, d.order), None, None
         self.segs = tuple(_segments(r.layers))
         yt = d.y[train]
         if r.standardize and r.erase:
@@ -319,9 +376,14 @@ class Fitted:
             else:
                 self.erase = _domain_directions(z[yt == 0], d.kind[train][yt == 0], r.erase)
         xt, xv, yv = self.inputs(d.x[train]), self.inputs(d.x[val]), d.y[val]
+        fit_x = xt
+        if r.augment:
+            if d.aug is None or r.standardize or r.erase or r.hard:
+                raise SystemExit(f"{r.name}: needs --aug-views, and does not combine with standardize/erase/hard")
+            fit_x = np.concatenate([xt[:, None], d.aug[train][..., self.cols]], axis=1)
         w = _weights(yt, d.kind[train], r.balance)
-        res = (train_head(r.method, hc, xt, yt, xv, yv, cfg, weights=w) if not r.groups
-               else _group_average(r, xt, yt, xv, yv, cfg, w))
+        res = (train_head(r.method, hc, fit_x, yt, xv, yv, cfg, weights=w) if not r.groups
+               else _group_average(r, fit_x, yt, xv, yv, cfg, w))
         if r.hard:
             hard = (_hard_reals(res.head, xt, yt, r.hard) if not r.hard_per_kind
                     else _hard_reals_per_kind(res.head, xt, yt, d.kind[train], r.hard))
@@ -400,8 +462,10 @@ def collection(generator: str) -> str:
 
 def protocol_f(d: Data, r: Recipe, seed: int, whole_collection: bool = False) -> dict:
     """F: each kind of real photo leaves train and val. With `whole_collection` (FC), the fakes of the collections
-    that kind came from leave too, so no fakes of that content and format remain without their reals."""
-    out = {}
+    that kind came from leave too, so no fakes of that content and format remain without their reals.
+    Returns {view: result}: each fold's head, calibrated on clean val, scores every view in `d.scored()`."""
+    views = d.scored()
+    outs: dict = {v: {} for v in views}
     coll = np.array([collection(g) for g in d.generator])
     for dom in real_domains(d):
         held = (d.y == 0) & (d.kind == dom)
@@ -410,19 +474,29 @@ def protocol_f(d: Data, r: Recipe, seed: int, whole_collection: bool = False) ->
         train = np.flatnonzero((d.split == "train") & ~held)
         val = np.flatnonzero((d.split == "val") & ~held)
         ev = np.flatnonzero(held & (d.y == 0) & (d.split != "test") & ~_extra(d))
+        vf = np.flatnonzero((d.split == "val") & (d.y == 1) & ~held)
         t = time.time()
         f = Fitted(d, train, val, r, seed)
-        _, lab = f.labels(d.x[ev])
-        vf = np.flatnonzero((d.split == "val") & (d.y == 1) & ~held)
-        _, vlab = f.labels(d.x[vf])
-        out[dom] = {rule: {**_shares(*lab[rule]), "val_fakes_labelled_fake": float(np.mean(vlab[rule][0] == "fake")),
-                           "threshold": f.decisions[rule].threshold,
-                           "set_by": f.decisions[rule].calibration.get("set_by", "pooled")} for rule in RULES}
-        out[dom]["seconds"] = round(time.time() - t, 1)
-        out[dom]["fakes_held_out"] = int((held & (d.y == 1)).sum())
-        print(f"  F {r.name} seed {seed} without {dom}: " + ", ".join(
-            f"{rule} {out[dom][rule]['fake']:.3f}/{out[dom][rule]['uncertain']:.3f}" for rule in RULES),
-            file=sys.stderr, flush=True)
+        for v, x in views.items():
+            _, lab = f.labels(x[ev])
+            _, vlab = f.labels(x[vf])
+            out = outs[v]
+            out[dom] = {rule: {**_shares(*lab[rule]),
+                               "val_fakes_labelled_fake": float(np.mean(vlab[rule][0] == "fake")),
+                               "threshold": f.decisions[rule].threshold,
+                               "set_by": f.decisions[rule].calibration.get("set_by", "pooled")} for rule in RULES}
+            out[dom]["seconds"] = round(time.time() - t, 1)
+            out[dom]["fakes_held_out"] = int((held & (d.y == 1)).sum())
+            print(f"  F {r.name} seed {seed} [{v}] without {dom}: " + ", ".join(
+                f"{rule} {out[dom][rule]['fake']:.3f}/{out[dom][rule]['uncertain']:.3f}" for rule in RULES),
+                file=sys.stderr, flush=True)
+    for v, out in outs.items():
+        out["_summary"] = _f_summary(out)
+        print(f"  F {r.name} seed {seed} [{v}]: {json.dumps(out['_summary'])}", file=sys.stderr, flush=True)
+    return outs
+
+
+def _f_summary(out: dict) -> dict:
     summary = {}
     doms = [k for k in out if not k.startswith("_")]
     for rule in RULES:
@@ -433,9 +507,7 @@ def protocol_f(d: Data, r: Recipe, seed: int, whole_collection: bool = False) ->
                          "worst_uncertain": float(np.max(unc)),
                          "mean_val_fakes_labelled_fake": float(np.mean([out[k][rule]["val_fakes_labelled_fake"]
                                                                         for k in doms]))}
-    out["_summary"] = summary
-    print(f"  F {r.name} seed {seed}: {json.dumps(summary)}", file=sys.stderr, flush=True)
-    return out
+    return summary
 
 
 def _ap(y: np.ndarray, p: np.ndarray) -> float | None:
@@ -444,10 +516,10 @@ def _ap(y: np.ndarray, p: np.ndarray) -> float | None:
     return binary_metrics(y, p, 0.5)["ap"] if 0 < y.sum() < len(y) else None
 
 
-def _generator_scores(f: Fitted, d: Data, idx: np.ndarray) -> dict:
+def _generator_scores(f: Fitted, d: Data, idx: np.ndarray, x: np.ndarray | None = None) -> dict:
     """AP of one generator's images against reals (`idx` holds both), and per rule the shares of its images
-    labelled fake / uncertain and of the reals labelled fake / uncertain."""
-    p, lab = f.labels(d.x[idx])
+    labelled fake / uncertain and of the reals labelled fake / uncertain (scored on `x`, default the clean view)."""
+    p, lab = f.labels((d.x if x is None else x)[idx])
     y = d.y[idx]
 
     def share(rule: str, label: int, verdict: str) -> float:
@@ -461,10 +533,10 @@ def _generator_scores(f: Fitted, d: Data, idx: np.ndarray) -> dict:
 
 def protocol_d(d: Data, r: Recipe, seed: int) -> dict:
     """Old → new: train and calibrate on 2017–2022 sources, test every newer generator against the reals of its
-    own collection (modern-2025 camera photos, faces-2025 reals, people-2026 reals), all splits."""
+    own collection (modern-2025 camera photos, faces-2025 reals, people-2026 reals), all splits. {view: result}"""
     old = np.array([g.startswith(OLD_PREFIXES) for g in d.generator])
     f = Fitted(d, np.flatnonzero(old & (d.split == "train")), np.flatnonzero(old & (d.split == "val")), r, seed)
-    out = {}
+    outs: dict = {v: {} for v in d.scored()}
     collections = {"modern": lambda g: g.startswith("modern_"), "faces": lambda g: g.startswith("faces_"),
                    "people": lambda g: g.startswith("people_")}
     for coll, member in collections.items():
@@ -473,38 +545,44 @@ def protocol_d(d: Data, r: Recipe, seed: int) -> dict:
         for gen in sorted(set(d.generator[in_coll & (d.y == 1)].tolist())):
             fk = np.flatnonzero(in_coll & (d.y == 1) & (d.generator == gen))
             idx = np.concatenate([reals, fk]) if coll == "people" else np.flatnonzero(in_coll & (d.generator == gen))
-            out[gen] = _generator_scores(f, d, idx)
-    gens = list(out)
-    out["_summary"] = {"mean_ap": float(np.mean([out[g]["ap"] for g in gens])),
-                       "mean_ap_people": float(np.mean([out[g]["ap"] for g in gens if g.startswith("people_")])),
-                       **{rule: {"mean_fakes_labelled_fake": float(np.mean([out[g][rule]["fakes_labelled_fake"]
-                                                                            for g in gens]))} for rule in RULES}}
-    print(f"  D {r.name} seed {seed}: {out['_summary']}", file=sys.stderr, flush=True)
-    return out
+            for v, x in d.scored().items():
+                outs[v][gen] = _generator_scores(f, d, idx, x)
+    for v, out in outs.items():
+        gens = list(out)
+        out["_summary"] = {"mean_ap": float(np.mean([out[g]["ap"] for g in gens])),
+                           "mean_ap_people": float(np.mean([out[g]["ap"] for g in gens if g.startswith("people_")])),
+                           **_gen_summary(out, gens)}
+        print(f"  D {r.name} seed {seed} [{v}]: {out['_summary']}", file=sys.stderr, flush=True)
+    return outs
+
+
+def _gen_summary(out: dict, gens: list[str]) -> dict:
+    return {rule: {"mean_fakes_labelled_fake": float(np.mean([out[g][rule]["fakes_labelled_fake"] for g in gens])),
+                   "mean_fakes_uncertain": float(np.mean([out[g][rule]["fakes_uncertain"] for g in gens])),
+                   "max_reals_labelled_fake": float(np.max([out[g][rule]["reals_labelled_fake"] for g in gens]))}
+            for rule in RULES}
 
 
 def protocol_e(d: Data, r: Recipe, seed: int) -> dict:
     """E with the release data: leave one newer generator out (modern-2025, StyleGAN3, people-2026), train and
     calibrate on everything else — every real included — and score its images, all splits, against the test-split
-    reals of its collection (never trained on). A generator of today's era that nobody trained on."""
-    out = {}
+    reals of its collection (never trained on). A generator of today's era that nobody trained on. {view: result}"""
+    outs: dict = {v: {} for v in d.scored()}
     newer = ("modern_", "faces_", "people_")
     for gen in sorted({g for g, y in zip(d.generator, d.y, strict=True) if y == 1 and g.startswith(newer)}):
         held = (d.y == 1) & (d.generator == gen)
         f = Fitted(d, np.flatnonzero((d.split == "train") & ~held), np.flatnonzero((d.split == "val") & ~held), r, seed)
         reals = (d.y == 0) & (d.split == "test") & np.array([collection(g) == collection(gen) for g in d.generator])
         idx = np.flatnonzero(held | reals)
-        out[gen] = _generator_scores(f, d, idx)
-        print(f"  E {r.name} seed {seed} without {gen}: AP {out[gen]['ap']:.3f}, fake "
-              f"{out[gen]['domain+fam']['fakes_labelled_fake']:.3f}", file=sys.stderr, flush=True)
-    gens = list(out)
-    out["_summary"] = {"mean_ap": float(np.mean([out[g]["ap"] for g in gens])),
-                       **{rule: {"mean_fakes_labelled_fake": float(np.mean([out[g][rule]["fakes_labelled_fake"]
-                                                                            for g in gens])),
-                                 "mean_fakes_uncertain": float(np.mean([out[g][rule]["fakes_uncertain"]
-                                                                        for g in gens]))} for rule in RULES}}
-    print(f"  E {r.name} seed {seed}: {out['_summary']}", file=sys.stderr, flush=True)
-    return out
+        for v, x in d.scored().items():
+            outs[v][gen] = res = _generator_scores(f, d, idx, x)
+            print(f"  E {r.name} seed {seed} [{v}] without {gen}: AP {res['ap']:.3f}, fake "
+                  f"{res['domain+fam']['fakes_labelled_fake']:.3f}", file=sys.stderr, flush=True)
+    for v, out in outs.items():
+        gens = list(out)
+        out["_summary"] = {"mean_ap": float(np.mean([out[g]["ap"] for g in gens])), **_gen_summary(out, gens)}
+        print(f"  E {r.name} seed {seed} [{v}]: {out['_summary']}", file=sys.stderr, flush=True)
+    return outs
 
 
 def release_view(d: Data, r: Recipe, seed: int, splits: list[str]) -> dict:
@@ -640,13 +718,19 @@ def tables(files: list[Path], rule: str = "domain+fam", proto: str = "F") -> str
     return "\n".join(out) + "\n"
 
 
-def seed_summary(files: list[Path], rule: str = "domain+fam") -> str:
+def seed_summary(files: list[Path], rule: str = "domain+fam", view: str = "clean") -> str:
     """Markdown: mean ± sd over seeds of each recipe's F, FC, D and E figures at `rule`; the seeds column counts
-    the seeds each protocol ran (F/FC/D/E), since checks run after a release may add seeds to one protocol."""
+    the seeds each protocol ran (F/FC/D/E), since checks run after a release may add seeds to one protocol.
+    `view`: the clean images, or a laundered journey (`--journeys` runs)."""
     recipes = {}
     for f in files:
         recipes.update(json.loads(f.read_text())["recipes"])
-    out = [f"Over seeds, rule `{rule}` (mean ± sd; F/FC means over photographs: without {', '.join(NOT_PHOTOS)})", "",
+    if view != "clean":  # the same tables from the laundered results
+        recipes = {name: {k: ({p: v[f"{p}@{view}"] for p in ("F", "FC", "D", "E") if f"{p}@{view}" in v}
+                              if k.startswith("seed") else v) for k, v in res.items()}
+                   for name, res in recipes.items()}
+    out = [f"Over seeds, rule `{rule}`, {view} images (mean ± sd; F/FC means over photographs: without "
+           f"{', '.join(NOT_PHOTOS)})", "",
            "| recipe | seeds (F/FC/D/E) | F fake | F worst kinds | F uncertain | F val fakes fake | FC fake | "
            "FC worst | FC uncertain | D AP | D AP people | D generated fake | E generated fake | E uncertain | E AP |",
            "|---|---|" + "---|" * 13]
@@ -698,7 +782,8 @@ def seed_summary(files: list[Path], rule: str = "domain+fam") -> str:
 def main() -> None:
     global TARGET_FPR
     if sys.argv[1:2] == ["--seed-summary"]:
-        print(seed_summary([Path(p) for p in sys.argv[2:]]))
+        view = sys.argv[3] if sys.argv[2:3] == ["--view"] else "clean"
+        print(seed_summary([Path(p) for p in sys.argv[(4 if view != "clean" else 2):]], view=view))
         return
     if sys.argv[1:2] in (["--tables"], ["--tables-fc"]):
         print(tables([Path(p) for p in sys.argv[2:]], proto="FC" if sys.argv[1] == "--tables-fc" else "F"))
@@ -716,15 +801,24 @@ def main() -> None:
                     help="load the web-sd reals the manifest's cap left out, for recipes with extra=True (train only)")
     ap.add_argument("--patch-means", action="store_true",
                     help="load the patch-token means of blocks 1-12 (PATCH; ~30 min to embed the first time)")
+    ap.add_argument("--taps", choices=["all", "release"], default="all",
+                    help="release: only RELEASE_TAPS (the issue-27 cache; needed for --aug-views and --journeys)")
+    ap.add_argument("--aug-views", type=int, default=0, help="cached augmented training views (recipes *-aug)")
+    ap.add_argument("--journeys", nargs="*", default=[],
+                    help="also score every protocol on these laundered views (results under `F@half-q75`, ...)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
+    if (args.aug_views or args.journeys) and args.taps != "release":
+        raise SystemExit("--aug-views and --journeys need --taps release")
     for a in args.real_alphas:
         RULES[f"domain+fam+real{a:g}"] = (True, True)
         REAL_ALPHA[f"domain+fam+real{a:g}"] = a
     TARGET_FPR = args.target_fpr
-    d = load(with_extra=args.extra_reals, with_patch=args.patch_means)
+    d = (load_release_taps(args.aug_views, tuple(args.journeys)) if args.taps == "release"
+         else load(with_extra=args.extra_reals, with_patch=args.patch_means))
     print(f"{len(d.y)} images, {int((d.y == 0).sum())} real in {len(real_domains(d))} domains", file=sys.stderr)
-    doc = {"recipes": {}, "train": asdict(TRAIN), "target_fpr": TARGET_FPR, "band_fpr": BAND,
+    doc = {"recipes": {}, "train": asdict(TRAIN), "taps": list(d.order), "aug_views": args.aug_views,
+           "journeys": args.journeys, "target_fpr": TARGET_FPR, "band_fpr": BAND,
            "min_domain_reals": MIN_DOMAIN, "rules": RULES, "unfamiliar_below": ALPHA}
     for name in args.recipes:
         r = RECIPES[name]
@@ -732,14 +826,11 @@ def main() -> None:
         for seed in args.seeds:
             t = time.time()
             row = {}
-            if "F" in args.protocols:
-                row["F"] = protocol_f(d, r, seed)
-            if "FC" in args.protocols:
-                row["FC"] = protocol_f(d, r, seed, whole_collection=True)
-            if "D" in args.protocols:
-                row["D"] = protocol_d(d, r, seed)
-            if "E" in args.protocols:
-                row["E"] = protocol_e(d, r, seed)
+            for proto, run in (("F", protocol_f), ("FC", lambda *a: protocol_f(*a, whole_collection=True)),
+                               ("D", protocol_d), ("E", protocol_e)):
+                if proto in args.protocols:
+                    for v, res_v in run(d, r, seed).items():
+                        row[proto if v == "clean" else f"{proto}@{v}"] = res_v
             if "alpha" in args.protocols:
                 row["alpha"] = alpha_sweep(d, r, seed)
             if "pair" in args.protocols:

@@ -179,7 +179,7 @@ def tiny_transform(side: int = 24):
 
 def variant_setup(variant: str, views: int, layers: tuple[int, ...], transform: str | None = None):
     """(preprocess, cache backbone id, pixel transform) of one feature variant — the cache's key parts."""
-    from causalclip_cli.inputs.transforms import compose, degrade
+    from causalclip_cli.inputs.transforms import compose, degrade, launder
     from causalclip_cli.model.taps import FeatureSpec
 
     bb = _backbone()
@@ -190,6 +190,8 @@ def variant_setup(variant: str, views: int, layers: tuple[int, ...], transform: 
         tfs.append(tiny_transform())
     if transform and transform.startswith("degrade"):
         tfs.append(degrade(int(transform[len("degrade"):])))
+    if transform and transform.startswith("launder-"):
+        tfs.append(launder(transform[len("launder-"):]))
     spec = FeatureSpec(layers=tuple(layers))
     return pre, bb.info.id + (f"-{spec.key()}" if spec.key() else ""), compose(*tfs)
 

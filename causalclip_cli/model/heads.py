@@ -32,6 +32,9 @@ class CausalConfig:
     lambda2: float = 1.0  # HSIC(Zc, Znc)
     drop_p: float = 0.2  # Bernoulli rate of counterfactual drops
     dropout: float = 0.1
+    # False only in the ablation (benchmarks/real_domains.py): M = 1, every feature counts as causal, so the
+    # HSIC and adversary terms see a zero non-causal part and the drops act on the whole input.
+    use_mask: bool = True
     # Feature layout (taps.FeatureSpec): sizes of the concatenated layer features, () = one segment, and how
     # they are combined before the mask: "concat" (each normalised alone) or "weighted" (a learned weight each).
     segments: tuple[int, ...] = ()
@@ -197,6 +200,8 @@ class CausalHead(nn.Module):
         self.adversary = _mlp(embed_dim, c.adv_hidden, 1, c.dropout)
 
     def mask(self, e: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if not self.config.use_mask:
+            return torch.ones_like(e)
         return gumbel_sigmoid(self.mask_net(e), self.config.tau, self.training, generator)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:

@@ -115,3 +115,21 @@ def test_causal_head_learns_a_separable_problem() -> None:
         head.eval()
         acc = float(((head(x) > 0).long() == y).float().mean())
         assert acc > 0.9, (head.kind, acc)
+
+
+def test_mask_ablation_keeps_every_feature_and_leaves_the_default_masking() -> None:
+    """`use_mask=False` (the ablation) multiplies by ones; the default learns a mask that is not all ones."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 16)
+    off = make_head("causalclip", 16, {"use_mask": False}).eval()
+    e = off.inputs(x)
+    assert torch.equal(off.mask(e), torch.ones_like(e))
+    assert torch.allclose(off(x), off.classifier(e).squeeze(-1))
+    on = make_head("causalclip", 16, {}).eval()
+    assert on.config.use_mask
+    assert not torch.equal(on.mask(on.inputs(x)), torch.ones_like(e))
+    # The flag travels in the plain config dict a checkpoint stores.
+    from causalclip_cli.model.heads import head_config_dict
+
+    assert head_config_dict(off)["use_mask"] is False
+    assert make_head("causalclip", 16, head_config_dict(off)).config.use_mask is False
