@@ -722,9 +722,12 @@ def seed_summary(files: list[Path], rule: str = "domain+fam", view: str = "clean
     """Markdown: mean ± sd over seeds of each recipe's F, FC, D and E figures at `rule`; the seeds column counts
     the seeds each protocol ran (F/FC/D/E), since checks run after a release may add seeds to one protocol.
     `view`: the clean images, or a laundered journey (`--journeys` runs)."""
-    recipes = {}
-    for f in files:
-        recipes.update(json.loads(f.read_text())["recipes"])
+    recipes: dict = {}
+    for f in files:  # files may hold other protocols or seeds of the same recipe: merge them
+        for name, res in json.loads(f.read_text())["recipes"].items():
+            mine = recipes.setdefault(name, {})
+            for k, v in res.items():
+                mine[k] = {**mine.get(k, {}), **v} if k.startswith("seed") else v
     if view != "clean":  # the same tables from the laundered results
         recipes = {name: {k: ({p: v[f"{p}@{view}"] for p in ("F", "FC", "D", "E") if f"{p}@{view}" in v}
                               if k.startswith("seed") else v) for k, v in res.items()}
@@ -783,7 +786,7 @@ def main() -> None:
     global TARGET_FPR
     if sys.argv[1:2] == ["--seed-summary"]:
         view = sys.argv[3] if sys.argv[2:3] == ["--view"] else "clean"
-        print(seed_summary([Path(p) for p in sys.argv[(4 if view != "clean" else 2):]], view=view))
+        print(seed_summary([Path(p) for p in sys.argv[(4 if sys.argv[2:3] == ["--view"] else 2):]], view=view))
         return
     if sys.argv[1:2] in (["--tables"], ["--tables-fc"]):
         print(tables([Path(p) for p in sys.argv[2:]], proto="FC" if sys.argv[1] == "--tables-fc" else "F"))

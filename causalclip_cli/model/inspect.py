@@ -120,7 +120,7 @@ def render_info(data: dict) -> None:
     if ck:
         tb = ck["trained_on_backbone"]
         t.add_row("checkpoint", ck["path"])
-        t.add_row("  head", f"{ck['head']['kind']} on {ck['head']['embed_dim']}-dim features")
+        t.add_row("  head", _head_text(ck["head"]))
         t.add_row("  trained on", f"{tb.get('config')} / {tb.get('pretrained')} from {tb.get('source')} "
                   f"(sha256 {str(tb.get('sha256'))[:12]})")
         t.add_row("  reads", _reads_text(ck))
@@ -180,6 +180,22 @@ def _decision_text(dec: dict, scaling: dict | None = None) -> str:
         text += (f"; with --explain, a map window scoring ≥ {region.get('threshold', '?')} labels the image fake "
                  "(reason region)")
     return text
+
+
+def _head_text(head: dict) -> str:
+    """What kind of head, in the words of the method, with the settings a reader would ask for."""
+    dim, c = head.get("embed_dim", "?"), head.get("config") or {}
+    if head.get("kind") == "causalclip":
+        parts = ["Gumbel-sigmoid mask" if c.get("use_mask", True) else "no mask (ablation)"]
+        parts += [f"HSIC λ2 {c['lambda2']:g}" if c.get("lambda2") else "no HSIC",
+                  f"adversary α {c['alpha']:g}" if c.get("alpha") else "no adversary",
+                  f"counterfactual drops β {c['beta']:g} at p {c.get('drop_p', 0):g}" if c.get("beta")
+                  else "no counterfactual drops"]
+        width = f"; hidden width {c['mask_hidden']}" if "mask_hidden" in c else ""
+        return f"CausalCLIP ({', '.join(parts)}{width}) on {dim}-dim features"
+    if head.get("kind") == "linear":
+        return f"linear probe on {dim}-dim features"
+    return f"{head.get('kind')} on {dim}-dim features"
 
 
 def _training_text(tr: dict) -> str:

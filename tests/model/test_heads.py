@@ -133,3 +133,15 @@ def test_mask_ablation_keeps_every_feature_and_leaves_the_default_masking() -> N
 
     assert head_config_dict(off)["use_mask"] is False
     assert make_head("causalclip", 16, head_config_dict(off)).config.use_mask is False
+
+
+def test_info_names_the_method_and_each_component_of_a_causalclip_head() -> None:
+    from causalclip_cli.model.inspect import _head_text
+
+    full = {"kind": "causalclip", "embed_dim": 8192, "config": {"lambda2": 1.0, "alpha": 0.1, "beta": 1.0,
+                                                                  "drop_p": 0.2, "mask_hidden": 64}}
+    text = _head_text(full)
+    assert text.startswith("CausalCLIP (Gumbel-sigmoid mask, HSIC") and "hidden width 64" in text
+    off = _head_text({**full, "config": {"use_mask": False, "lambda2": 0.0, "alpha": 0.0, "beta": 0.0}})
+    assert "no mask" in off and "no HSIC" in off and "no adversary" in off and "no counterfactual" in off
+    assert _head_text({"kind": "linear", "embed_dim": 512}) == "linear probe on 512-dim features"
