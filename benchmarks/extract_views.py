@@ -73,21 +73,12 @@ def main() -> None:
               f"(total {time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
 
 
-RELEASE_TAPS = (0, 4, 6, 8, 10, 12, -4, -6, -8, -10, -12)
-
-
 def issue27(aug_views: list[int], journeys: list[str], batch_size: int, workers: int) -> None:
     """Clean features of every manifest image, then the augmented views, then the journeys, each timed."""
-    import csv
-
+    from real_domains import RELEASE_TAPS, manifest_samples
     from sources import embed_variant
 
-    from causalclip_cli.inputs.datasets import Sample
-
-    manifest = Path(__file__).resolve().parent / "results" / "release-manifest.csv"
-    rows = list(csv.DictReader(manifest.open()))
-    samples = [Sample(str((manifest.parent / r["path"]).resolve()), int(r["label"]), r["generator"], r["split"],
-                      r["domain"]) for r in rows]
+    samples = manifest_samples()
     train = [s for s in samples if s.split == "train"]
     held = [s for s in samples if s.split != "test"]
     plan = [("clean", samples, None)] + [(f"degrade{k}", train, f"degrade{k}") for k in aug_views]
@@ -98,7 +89,6 @@ def issue27(aug_views: list[int], journeys: list[str], batch_size: int, workers:
                                 label=f"manifest {name}")
         print(f"manifest {name}: {len(x)} of {len(ss)} images in {time.time() - t:.0f} s "
               f"({len(ss) / max(time.time() - t, 1e-9):.2f} images/s incl. cache hits)", file=sys.stderr, flush=True)
-
 
 if __name__ == "__main__":
     main()

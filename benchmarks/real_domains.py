@@ -169,8 +169,6 @@ RECIPES = {r.name: r for r in [
     Recipe("split-aug", method="linear", balance="domain", augment=True,
            groups=((0,), (4, 6, 8), (10, 12), (-4, -6, -8), (-10, -12)),
            layers=RELEASE_TAPS, drop=("game-renders", "forensynths_crn", "forensynths_imle")),
-    Recipe("split-probe-aug", method="linear", balance="domain", augment=True, layers=RELEASE_TAPS,
-           drop=("game-renders", "forensynths_crn", "forensynths_imle")),
     *[Recipe(f"causal-aug{suffix}", balance="domain", augment=True, layers=RELEASE_TAPS, head=CAUSAL + off,
              drop=("game-renders", "forensynths_crn", "forensynths_imle")) for suffix, off in ABLATION.items()],
     Recipe("nogta-every-z", method="linear", balance="domain",
@@ -224,7 +222,8 @@ def extra_reals() -> list:
             if s.label == 0 and str(Path(s.path).resolve()) not in used | capped]
 
 
-def _manifest_samples() -> list:
+def manifest_samples() -> list:
+    """The release manifest's rows as labelled samples (path, label, generator, split, kind)."""
     from causalclip_cli.inputs.datasets import Sample
 
     rows = list(csv.DictReader(MANIFEST.open()))
@@ -237,7 +236,7 @@ def load_release_taps(aug_views: int = 0, journeys: tuple[str, ...] = ()) -> Dat
     augmented training views and its laundered journeys (every split: release_eval.py embedded the test split's)."""
     from sources import embed_variant
 
-    samples = _manifest_samples()
+    samples = manifest_samples()
 
     def embed(ss: list, transform: str | None, label: str) -> np.ndarray:
         x, _y, paths = embed_variant(ss, "resize", 1, RELEASE_TAPS, transform=transform, label=label)
@@ -265,7 +264,7 @@ def load(with_extra: bool = False, with_patch: bool = False) -> Data:
 
     from causalclip_cli.inputs.datasets import Sample
 
-    samples = _manifest_samples()
+    samples = manifest_samples()
     x, y, paths = embed_variant(samples, "resize", 1, ALL, label="release manifest")
     if len(paths) != len(samples):
         raise SystemExit(f"{len(samples) - len(paths)} manifest images could not be read")
@@ -785,8 +784,9 @@ def seed_summary(files: list[Path], rule: str = "domain+fam", view: str = "clean
 def main() -> None:
     global TARGET_FPR
     if sys.argv[1:2] == ["--seed-summary"]:
-        view = sys.argv[3] if sys.argv[2:3] == ["--view"] else "clean"
-        print(seed_summary([Path(p) for p in sys.argv[(4 if sys.argv[2:3] == ["--view"] else 2):]], view=view))
+        named = sys.argv[2:3] == ["--view"]
+        files = sys.argv[4:] if named else sys.argv[2:]
+        print(seed_summary([Path(p) for p in files], view=sys.argv[3] if named else "clean"))
         return
     if sys.argv[1:2] in (["--tables"], ["--tables-fc"]):
         print(tables([Path(p) for p in sys.argv[2:]], proto="FC" if sys.argv[1] == "--tables-fc" else "F"))
